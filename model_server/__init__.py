@@ -1,0 +1,1 @@
+"""StreamFlow model servers (KServe predictor and Feast transformer)."""

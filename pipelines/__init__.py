@@ -1,0 +1,1 @@
+"""StreamFlow pipeline steps: data generation, ingestion, validation, snapshots and the `streamflow` CLI."""

@@ -1,0 +1,255 @@
+"""The one entry point, ``streamflow``, used by people, ``make demo``, the Argo steps and the tests.
+
+Every command prints a short human summary, or with ``--json`` exactly one JSON object on stdout. Exit codes:
+0 success, 2 bad input, 1 anything else. The commands stay thin: each calls one typed function of its stage.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from pipelines.config import Settings
+from pipelines.errors import StreamflowError
+
+app = typer.Typer(help="StreamFlow: churn prediction kept honest month after month.", no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Synthetic data in the course's month-folder format.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+JsonOption = typer.Option(False, "--json", help="Print exactly one JSON object on stdout instead of the summary.")
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    if ctx.obj is None:
+        ctx.obj = Settings()
+    return ctx.obj
+
+
+def command(fn: Callable[..., dict[str, Any]]) -> Callable[..., None]:
+    """Run a command body that returns its JSON payload; print it or its summary; map errors to exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        as_json = kwargs.get("as_json", False)
+        try:
+            payload = fn(*args, **kwargs)
+        except StreamflowError as err:
+            _fail(str(err), err.exit_code, as_json)
+        except OSError as err:
+            _fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "), 1, as_json)
+        if as_json:
+            sys.stdout.write(json.dumps(payload, default=str) + "\n")
+
+    return wrapper
+
+
+def _fail(message: str, code: int, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps({"ok": False, "error": message, "exit_code": code}) + "\n")
+    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _progress(total: int, label: str, enabled: bool) -> Iterator[Callable[..., None]]:
+    if not enabled:
+        yield lambda *_: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_err, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda *_: bar.advance(task)
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    """Read the settings once (``STREAMFLOW_*`` environment variables) and pass them to every command."""
+    settings = _settings(ctx)
+    logging.basicConfig(
+        level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ data generate
+
+
+@data_app.command("generate")
+@command
+def data_generate(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", help="Folder to write month_000, month_001, … into."),
+    users: int = typer.Option(7043, "--users", help="Users in month_000."),
+    months: int = typer.Option(2, "--months", help="Number of month folders."),
+    seed: int = typer.Option(42, "--seed"),
+    drift: list[str] = typer.Option([], "--drift", help="FEATURE=SHIFT, repeatable (numeric: ×(1+SHIFT))."),
+    drift_start: int = typer.Option(1, "--drift-start", help="First month index the drift knobs act on."),
+    churn_shift: float = typer.Option(0.0, "--churn-shift", help="Added to the churn log-odds from --drift-start."),
+    add_ons: bool = typer.Option(False, "--add-ons", help="Also write the four add_on_* columns."),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """Write month folders in the course data format."""
+    from pipelines.generate import generate, parse_drift
+
+    specs = [parse_drift(d) for d in drift]
+    with _progress(months, "generating months", not as_json) as tick:
+        result = generate(
+            out,
+            users=users,
+            months=months,
+            seed=seed,
+            drift=specs,
+            drift_start=drift_start,
+            churn_shift=churn_shift,
+            add_ons=add_ons,
+            progress=tick,
+        )
+    payload = {
+        "out": str(out),
+        "months": [
+            {"folder": str(m.folder), "as_of": m.as_of.isoformat(), "users": m.users, "churn_rate": round(m.churn_rate, 4)}
+            for m in result.months
+        ],
+    }
+    if not as_json:
+        table = RichTable("folder", "as_of", "users", "churn rate", title="generated")
+        for m in result.months:
+            table.add_row(str(m.folder), m.as_of.isoformat(), f"{m.users:,}", f"{m.churn_rate:.1%}")
+        _out.print(table)
+    return payload
+
+
+# ------------------------------------------------------------------------------------------------ ingest / snapshot
+
+
+@app.command()
+@command
+def ingest(
+    ctx: typer.Context,
+    month_dir: Path = typer.Argument(..., help="A month folder (month_NNN) with the six CSV files."),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="YYYY-MM-DD; inferred from month_NNN when omitted."),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """Validate a month folder and load it; bad rows are quarantined, never lost."""
+    from pipelines.db import connect
+    from pipelines.ingest import ingest_month
+    from pipelines.months import infer_as_of, parse_as_of
+    from pipelines.tables import RAW_TABLES
+
+    settings = _settings(ctx)
+    when = parse_as_of(as_of) if as_of is not None else infer_as_of(month_dir)
+    db = connect(settings)
+    try:
+        with _progress(len(RAW_TABLES), f"validating {month_dir.name}", not as_json) as tick:
+            result = ingest_month(db, settings, month_dir, when, progress=tick)
+    finally:
+        db.close()
+    if not as_json:
+        table = RichTable("table", "input", "loaded", "quarantined", title=f"ingested {month_dir} (as_of {when})")
+        for name, c in result.tables.items():
+            table.add_row(name, f"{c['input']:,}", f"{c['loaded']:,}", f"{c['quarantined']:,}")
+        _out.print(table)
+        if result.quarantined:
+            _out.print(f"quarantine report: {result.report_csv}")
+    return result.to_json()
+
+
+@app.command()
+@command
+def snapshot(
+    ctx: typer.Context,
+    as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of an ingested month."),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """Freeze an ingested month into the four *_snapshots tables."""
+    from pipelines.db import connect
+    from pipelines.months import parse_as_of
+    from pipelines.snapshot import take_snapshot
+
+    when = parse_as_of(as_of)
+    db = connect(_settings(ctx))
+    try:
+        result = take_snapshot(db, when)
+    finally:
+        db.close()
+    if not as_json:
+        table = RichTable("snapshot table", "rows", title=f"snapshot as_of {when}")
+        for name, rows in result.rows.items():
+            table.add_row(name, f"{rows:,}")
+        _out.print(table)
+    return result.to_json()
+
+
+@app.command()
+@command
+def status(ctx: typer.Context, as_json: bool = JsonOption) -> dict[str, Any]:
+    """Rows per table and as_of, quarantined rows, and snapshot counts."""
+    from pipelines.db import connect
+    from pipelines.status import collect_status
+
+    settings = _settings(ctx)
+    db = connect(settings)
+    try:
+        state = collect_status(db)
+    finally:
+        db.close()
+    if not as_json:
+        _print_status(state, settings)
+    return state
+
+
+def _print_status(state: dict[str, Any], settings: Settings) -> None:
+    months = state["months"]
+    raw = RichTable("table", *months, title=f"raw tables ({settings.database_url.split('@')[-1]})")
+    for name, per_month in state["tables"].items():
+        raw.add_row(name, *(f"{per_month.get(m, 0):,}" for m in months))
+    _out.print(raw)
+    snaps = RichTable("snapshot table", *state["snapshot_as_of"], title="snapshots (rows per as_of)")
+    for name, per_month in state["snapshots"].items():
+        snaps.add_row(name, *(f"{per_month.get(m, 0):,}" for m in state["snapshot_as_of"]))
+    _out.print(snaps)
+
+
+# ------------------------------------------------------------------------------------------------ demo
+
+
+@app.command()
+@command
+def demo(
+    ctx: typer.Context,
+    users: int = typer.Option(7043, "--users"),
+    months: int = typer.Option(2, "--months"),
+    seed: int = typer.Option(42, "--seed"),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """What `make demo` runs: generate months, ingest and snapshot each, print the state."""
+    from pipelines.demo import run_demo
+
+    settings = _settings(ctx)
+    log = (lambda msg: None) if as_json else (lambda msg: _out.print(f"[bold cyan]▸[/] {msg}", highlight=False))
+    state = run_demo(settings, users=users, months=months, seed=seed, log=log)
+    if not as_json:
+        _print_status(state, settings)
+        _out.print(f"quarantined rows: {state['quarantined']:,}   state: {settings.home.resolve()}")
+    return state
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

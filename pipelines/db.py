@@ -1,0 +1,358 @@
+"""The two storage backends behind one interface: embedded DuckDB (default) and Postgres (``STREAMFLOW_DB_URL``).
+
+Both hold the six raw tables, the quarantine and the ingestion log in SQL tables, written in one transaction per
+month. Snapshots differ on purpose:
+
+* Postgres: the four ``*_snapshots`` tables, primary key ``(user_id, as_of)``; Feast reads them in place.
+* Embedded: one parquet file per snapshot table and as_of under ``STREAMFLOW_HOME/snapshots/<table>/``. Feast's
+  local offline store reads parquet, so the files *are* the snapshot tables — there is no second copy to keep in
+  sync. See docs/architecture.md for the reasoning.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from pipelines.config import Settings
+from pipelines.errors import StreamflowError
+from pipelines.tables import (
+    INGESTIONS_DDL,
+    QUARANTINE_DDL,
+    RAW_TABLES,
+    SNAPSHOT_RUNS_DDL,
+    SNAPSHOTS,
+    USERS,
+    Snapshot,
+    Table,
+    raw_ddl,
+    snapshot_ddl,
+)
+
+QUARANTINE_DB_COLUMNS = ("as_of", "table_name", "file", "line", "column_name", "value", "reason", "raw_row")
+
+
+class Database(ABC):
+    """Storage of raw months, quarantine and snapshots."""
+
+    @abstractmethod
+    def ensure_schema(self) -> None:
+        """Create missing tables (idempotent)."""
+
+    @abstractmethod
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything written inside commits together, or not at all."""
+
+    @abstractmethod
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> pd.DataFrame:
+        """Run a read-only query (``?`` placeholders) and return a DataFrame."""
+
+    @abstractmethod
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> None: ...
+
+    @abstractmethod
+    def _insert_frame(self, table: str, columns: tuple[str, ...], frame: pd.DataFrame, upsert_key: tuple[str, ...] = ()) -> None: ...
+
+    @abstractmethod
+    def write_snapshot(self, as_of: date) -> dict[str, int]:
+        """Freeze raw month ``as_of`` into the four snapshot tables; returns rows per snapshot table."""
+
+    @abstractmethod
+    def snapshot_counts(self) -> pd.DataFrame:
+        """Rows per snapshot table and as_of (columns: table, as_of, rows)."""
+
+    @abstractmethod
+    def read_snapshot(self, snap: Snapshot, as_of: date) -> pd.DataFrame:
+        """Rows of one snapshot table for one as_of, ordered by user_id."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # ---------------------------------------------------------------- shared logic, same SQL on both backends
+
+    def user_ids(self) -> pd.Index:
+        """Every stored user_id."""
+        return pd.Index(self.query("SELECT user_id FROM users")["user_id"])
+
+    def months(self) -> list[date]:
+        """as_of of every ingested month, oldest first."""
+        return [_as_date(v) for v in self.query("SELECT as_of FROM ingestions ORDER BY as_of")["as_of"]]
+
+    def replace_month(self, table: Table, as_of: date, frame: pd.DataFrame) -> None:
+        """Write one month of one table: the month's previous rows are replaced (upsert + removal of stale keys)."""
+        if table.per_month:
+            self._execute(f"DELETE FROM {table.name} WHERE as_of = ?", (as_of,))
+            self._insert_frame(table.name, table.db_columns, frame.assign(as_of=as_of))
+        else:
+            self._insert_frame(table.name, table.db_columns, frame, upsert_key=table.key)
+
+    def replace_quarantine(self, as_of: date, frame: pd.DataFrame) -> None:
+        self._execute("DELETE FROM quarantine WHERE as_of = ?", (as_of,))
+        if len(frame):
+            self._insert_frame("quarantine", QUARANTINE_DB_COLUMNS, frame.assign(as_of=as_of))
+
+    def record_ingestion(self, as_of: date, source: str, sha256: str, input_rows: int, loaded: int, quarantined: int) -> None:
+        self._execute("DELETE FROM ingestions WHERE as_of = ?", (as_of,))
+        self._execute(
+            "INSERT INTO ingestions VALUES (?, ?, ?, ?, ?, ?)", (as_of, source, sha256, input_rows, loaded, quarantined)
+        )
+
+    def table_counts(self) -> pd.DataFrame:
+        """Rows per raw table and as_of (``users`` has no as_of: its rows are counted under as_of NULL)."""
+        parts = [f"SELECT '{USERS.name}' AS table_name, NULL AS as_of, COUNT(*) AS rows FROM users"]
+        parts += [
+            f"SELECT '{t.name}' AS table_name, as_of, COUNT(*) AS rows FROM {t.name} GROUP BY as_of"
+            for t in RAW_TABLES
+            if t.per_month
+        ]
+        parts.append("SELECT 'quarantine' AS table_name, as_of, COUNT(DISTINCT table_name || ':' || CAST(line AS TEXT)) AS rows FROM quarantine GROUP BY as_of")
+        return self.query(" UNION ALL ".join(parts))
+
+    def _create_all(self, snapshot_tables: bool) -> None:
+        for table in RAW_TABLES:
+            self._execute(raw_ddl(table))
+        self._execute(QUARANTINE_DDL)
+        self._execute(INGESTIONS_DDL)
+        self._execute(SNAPSHOT_RUNS_DDL)
+        if snapshot_tables:
+            for snap in SNAPSHOTS:
+                self._execute(snapshot_ddl(snap))
+
+    def _snapshot_select(self, snap: Snapshot, as_of_param: str) -> str:
+        cols = ", ".join(snap.features)
+        return (
+            f"SELECT user_id, as_of, CAST(as_of AS TIMESTAMP) AT TIME ZONE 'UTC' AS event_timestamp, {cols} "
+            f"FROM {snap.source.name} WHERE as_of = {as_of_param} ORDER BY user_id"
+        )
+
+
+def _as_date(value: Any) -> date:
+    return value if isinstance(value, date) and not isinstance(value, pd.Timestamp) else pd.Timestamp(value).date()
+
+
+# ------------------------------------------------------------------------------------------------ DuckDB
+
+
+class DuckDBDatabase(Database):
+    """Embedded default: one DuckDB file under ``STREAMFLOW_HOME`` and parquet snapshots beside it."""
+
+    def __init__(self, path: Path, snapshot_dir: Path) -> None:
+        import duckdb
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.snapshot_dir = snapshot_dir
+        self._con = duckdb.connect(str(path))
+        self._con.execute("SET TimeZone = 'UTC'")
+
+    def ensure_schema(self) -> None:
+        self._create_all(snapshot_tables=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._con.begin()
+        try:
+            yield
+        except BaseException:
+            self._con.rollback()
+            raise
+        self._con.commit()
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> pd.DataFrame:
+        return self._con.execute(sql, list(params)).df()
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        self._con.execute(sql, list(params))
+
+    def _insert_frame(self, table: str, columns: tuple[str, ...], frame: pd.DataFrame, upsert_key: tuple[str, ...] = ()) -> None:
+        self._con.register("_stage", frame[list(columns)])
+        try:
+            cols = ", ".join(columns)
+            conflict = ""
+            if upsert_key:
+                updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in upsert_key)
+                conflict = f" ON CONFLICT ({', '.join(upsert_key)}) DO UPDATE SET {updates}"
+            self._con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _stage{conflict}")
+        finally:
+            self._con.unregister("_stage")
+
+    def _snapshot_file(self, snap: Snapshot, as_of: date) -> Path:
+        return self.snapshot_dir / snap.name / f"{as_of.isoformat()}.parquet"
+
+    def write_snapshot(self, as_of: date) -> dict[str, int]:
+        # Write every table to a temporary file first, then rename: a reader (Feast) never sees a half file,
+        # and the renames are the last, near-instant step.
+        staged: list[tuple[Path, Path]] = []
+        counts: dict[str, int] = {}
+        tmp_dir = self.snapshot_dir / ".tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for snap in SNAPSHOTS:
+                final = self._snapshot_file(snap, as_of)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmp = tmp_dir / f"{snap.name}-{as_of.isoformat()}-{os.getpid()}.parquet"
+                select = self._snapshot_select(snap, f"DATE '{as_of.isoformat()}'")
+                self._con.execute(f"COPY ({select}) TO '{tmp}' (FORMAT parquet)")
+                counts[snap.name] = int(
+                    self._con.execute(f"SELECT COUNT(*) FROM read_parquet('{tmp}')").fetchone()[0]
+                )
+                staged.append((tmp, final))
+            for tmp, final in staged:
+                os.replace(tmp, final)
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+        with self.transaction():
+            self._execute("DELETE FROM snapshot_runs WHERE as_of = ?", (as_of,))
+            self._execute("INSERT INTO snapshot_runs VALUES (?, ?)", (as_of, counts[SNAPSHOTS[0].name]))
+        return counts
+
+    def snapshot_counts(self) -> pd.DataFrame:
+        frames = []
+        for snap in SNAPSHOTS:
+            folder = self.snapshot_dir / snap.name
+            if folder.is_dir() and any(folder.glob("*.parquet")):
+                frames.append(
+                    self._con.execute(
+                        f"SELECT '{snap.name}' AS table_name, as_of, COUNT(*) AS rows "
+                        f"FROM read_parquet('{folder}/*.parquet') GROUP BY as_of"
+                    ).df()
+                )
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["table_name", "as_of", "rows"])
+
+    def read_snapshot(self, snap: Snapshot, as_of: date) -> pd.DataFrame:
+        path = self._snapshot_file(snap, as_of)
+        if not path.exists():
+            return pd.DataFrame(columns=list(snap.db_columns))
+        return self._con.execute(f"SELECT * FROM read_parquet('{path}') ORDER BY user_id").df()
+
+    def close(self) -> None:
+        self._con.close()
+
+
+# ------------------------------------------------------------------------------------------------ Postgres
+
+
+class PostgresDatabase(Database):
+    """Postgres mode: every table, snapshots included, in the database of ``STREAMFLOW_DB_URL``."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg2
+
+        try:
+            self._con = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"), connect_timeout=10)
+        except psycopg2.OperationalError as err:
+            raise StreamflowError(f"cannot connect to Postgres at {_redact(url)}: {str(err).strip()}") from None
+        self._con.autocommit = True
+        self._in_tx = False
+
+    def ensure_schema(self) -> None:
+        self._create_all(snapshot_tables=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._con.autocommit = False
+        self._in_tx = True
+        try:
+            yield
+        except BaseException:
+            self._con.rollback()
+            raise
+        else:
+            self._con.commit()
+        finally:
+            self._in_tx = False
+            self._con.autocommit = True
+
+    @staticmethod
+    def _pg(sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> pd.DataFrame:
+        with self._con.cursor() as cur:
+            cur.execute(self._pg(sql), params)
+            cols = [d[0] for d in cur.description]
+            return pd.DataFrame(cur.fetchall(), columns=cols)
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        with self._con.cursor() as cur:
+            cur.execute(self._pg(sql), params)
+
+    def _insert_frame(self, table: str, columns: tuple[str, ...], frame: pd.DataFrame, upsert_key: tuple[str, ...] = ()) -> None:
+        buf = io.StringIO()
+        frame[list(columns)].to_csv(buf, index=False, header=False, date_format="%Y-%m-%d")
+        buf.seek(0)
+        cols = ", ".join(columns)
+        with self._con.cursor() as cur:
+            if not upsert_key:
+                cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)", buf)
+                return
+            cur.execute(f"CREATE TEMP TABLE _stage (LIKE {table}) ON COMMIT DROP")
+            cur.copy_expert(f"COPY _stage ({cols}) FROM STDIN WITH (FORMAT csv)", buf)
+            updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in upsert_key)
+            cur.execute(
+                f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _stage "
+                f"ON CONFLICT ({', '.join(upsert_key)}) DO UPDATE SET {updates}"
+            )
+            cur.execute("DROP TABLE _stage")
+
+    def write_snapshot(self, as_of: date) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self.transaction():
+            for snap in SNAPSHOTS:
+                self._execute(f"DELETE FROM {snap.name} WHERE as_of = ?", (as_of,))
+                with self._con.cursor() as cur:
+                    cur.execute(
+                        f"INSERT INTO {snap.name} ({', '.join(snap.db_columns)}) "
+                        + self._snapshot_select(snap, "%s"),
+                        (as_of,),
+                    )
+                    counts[snap.name] = cur.rowcount
+            self._execute("DELETE FROM snapshot_runs WHERE as_of = ?", (as_of,))
+            self._execute("INSERT INTO snapshot_runs VALUES (?, ?)", (as_of, counts[SNAPSHOTS[0].name]))
+        return counts
+
+    def snapshot_counts(self) -> pd.DataFrame:
+        return self.query(
+            " UNION ALL ".join(
+                f"SELECT '{s.name}' AS table_name, as_of, COUNT(*) AS rows FROM {s.name} GROUP BY as_of" for s in SNAPSHOTS
+            )
+        )
+
+    def read_snapshot(self, snap: Snapshot, as_of: date) -> pd.DataFrame:
+        return self.query(f"SELECT * FROM {snap.name} WHERE as_of = ? ORDER BY user_id", (as_of,))
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def connect(settings: Settings) -> Database:
+    """Open the database named by the settings and make sure its tables exist."""
+    db: Database
+    if settings.is_postgres:
+        db = PostgresDatabase(settings.database_url)
+    else:
+        url = settings.database_url
+        if not url.startswith("duckdb:///"):
+            raise StreamflowError(f"STREAMFLOW_DB_URL {url!r}: expected postgresql://… or duckdb:///path")
+        db = DuckDBDatabase(Path(url.removeprefix("duckdb:///")), settings.snapshot_dir)
+    db.ensure_schema()
+    return db

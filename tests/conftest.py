@@ -1,0 +1,132 @@
+"""Shared fixtures: isolated settings, tiny generated months, and a real PostgreSQL 15 server.
+
+The Postgres server is the machine's own PostgreSQL binaries (initdb / pg_ctl), started once per test session on
+a free loopback port and stopped at the end. Each test gets a fresh database in it. Postgres refuses to run as
+root, so when the tests run as root the server runs as the ``postgres`` system user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from pipelines.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pg_bindir() -> Path | None:
+    if env := os.environ.get("STREAMFLOW_PG_BINDIR"):
+        return Path(env)
+    if found := shutil.which("pg_ctl"):
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return candidates[-1].parent if candidates else None
+
+
+class PostgresServer:
+    """A PostgreSQL server in a temporary folder, on 127.0.0.1:<free port>, password auth."""
+
+    user = "streamflow"
+    password = "streamflow-test"
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="streamflow-pg-"))
+        self.datadir = self.root / "data"
+        self.port = free_port()
+        self._run_as: list[str] = []
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+            self._run_as = ["runuser", "-u", "postgres", "--"]
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._run_as, *args], check=True, capture_output=True, text=True, timeout=120)
+
+    def start(self) -> None:
+        pwfile = self.root / "pw"
+        pwfile.write_text(self.password)
+        if self._run_as:
+            pw = pwd.getpwnam("postgres")
+            os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+        self._run(
+            str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", self.user, "--pwfile", str(pwfile),
+            "--auth", "scram-sha-256", "-E", "UTF8", "--locale", "C",
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w", "-l", str(self.root / "log"),
+            "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
+        )
+
+    def stop(self) -> None:
+        try:
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.fail("PostgreSQL server binaries not found (.ci/run installs them; or set STREAMFLOW_PG_BINDIR)")
+    server = PostgresServer(bindir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's real Postgres server."""
+    import psycopg2
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres_server.url())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield postgres_server.url(name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for an isolated loop, on both backends."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        return Settings(home=tmp_path / "home", db_url=url)
+    return Settings(home=tmp_path / "home", db_url=None)
+
+
+@pytest.fixture(scope="session")
+def months_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two generated months of 300 users (read-only: copy before changing a file)."""
+    from pipelines.generate import generate
+
+    out = tmp_path_factory.mktemp("months")
+    generate(out, users=300, months=2, seed=7)
+    return out

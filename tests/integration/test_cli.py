@@ -1,0 +1,129 @@
+"""The `streamflow` CLI contract, run as a real process: one JSON object with --json, exit codes 0 / 2 / 1,
+and a kill in the middle of a month's transaction leaves the previous state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.config import Settings
+from pipelines.db import connect
+from tests.integration.test_ingest import JAN, FEB, assert_same_state, dump
+
+pytestmark = pytest.mark.integration
+
+STREAMFLOW = str(Path(sys.executable).parent / "streamflow")
+
+
+def run(home: Path, *args: str, db_url: str = "", check: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STREAMFLOW_HOME": str(home), "STREAMFLOW_DB_URL": db_url}
+    proc = subprocess.run([STREAMFLOW, *args], env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def one_json(proc: subprocess.CompletedProcess) -> dict:
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0])
+
+
+@pytest.mark.parametrize("backend", ["embedded", "postgres"])
+def test_generate_ingest_snapshot_status_with_json(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    db_url = request.getfixturevalue("postgres_url") if backend == "postgres" else ""
+    home = tmp_path / "home"
+    gen = one_json(run(home, "data", "generate", "--out", str(tmp_path / "data"), "--users", "250", "--json", check=True))
+    assert [m["as_of"] for m in gen["months"]] == ["2024-01-31", "2024-02-29"]
+
+    ingested = one_json(run(home, "ingest", str(tmp_path / "data" / "month_000"), "--json", db_url=db_url, check=True))
+    assert ingested["as_of"] == "2024-01-31" and ingested["quarantined"] == 0
+    assert ingested["tables"]["users"] == {"input": 250, "loaded": 250, "quarantined": 0}
+
+    snap = one_json(run(home, "snapshot", "--as-of", "2024-01-31", "--json", db_url=db_url, check=True))
+    assert snap["rows"]["subscriptions_profile_snapshots"] == 250
+
+    status = one_json(run(home, "status", "--json", db_url=db_url, check=True))
+    assert status["months"] == ["2024-01-31"]
+    assert status["snapshots"]["usage_agg_30d_snapshots"] == {"2024-01-31": 250}
+
+    human = run(home, "status", db_url=db_url, check=True)
+    assert "subscriptions_profile_snapshots" in human.stdout and "250" in human.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ingest", "{tmp}/nowhere"], "not a folder"),
+        (["ingest", "{tmp}"], "is not a month folder"),
+        (["ingest", "{tmp}/data/month_000", "--as-of", "31/01/2024"], "as_of '31/01/2024' is not a date"),
+        (["snapshot", "--as-of", "2024-02-29"], "no ingested month has as_of 2024-02-29"),
+        (["snapshot", "--as-of", "soon"], "as_of 'soon' is not a date"),
+        (["data", "generate", "--out", "{tmp}/x", "--drift", "colour=0.3"], "colour"),
+    ],
+)
+def test_bad_input_exits_2_with_one_json_error(args: list[str], message: str, tmp_path: Path) -> None:
+    (tmp_path / "data" / "month_000").mkdir(parents=True)
+    argv = [a.format(tmp=tmp_path) for a in args]
+    proc = run(tmp_path / "home", *argv, "--json")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    err = one_json(proc)
+    assert err["ok"] is False and message in err["error"]
+    assert message in proc.stderr.replace("\n", "")
+
+
+def test_unreachable_postgres_exits_1(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    proc = run(tmp_path, "status", "--json", db_url=f"postgresql://u:secret@127.0.0.1:{free_port()}/x")
+    assert proc.returncode == 1
+    err = one_json(proc)
+    assert "cannot connect to Postgres" in err["error"] and "secret" not in err["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["embedded", "postgres"])
+def test_kill_in_the_middle_of_a_month_leaves_the_previous_state(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from pipelines.generate import generate
+
+    db_url = request.getfixturevalue("postgres_url") if backend == "postgres" else ""
+    home = tmp_path / "home"
+    small, big = tmp_path / "small", tmp_path / "big"
+    generate(small, users=300, months=1, seed=1)
+    generate(big, users=150_000, months=2, seed=2)
+    run(home, "ingest", str(small / "month_000"), db_url=db_url, check=True)
+    run(home, "snapshot", "--as-of", "2024-01-31", db_url=db_url, check=True)
+    settings = Settings(home=home, db_url=db_url or None)
+    db = connect(settings)
+    before = dump(db)
+    db.close()
+
+    env = {**os.environ, "STREAMFLOW_HOME": str(home), "STREAMFLOW_DB_URL": db_url, "STREAMFLOW_LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen(
+        [STREAMFLOW, "ingest", str(big / "month_001")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    seen = []
+    for line in proc.stderr:  # wait until the first table is written inside the open transaction
+        seen.append(line)
+        if "wrote users" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    assert not any("committed" in line for line in seen)
+
+    db = connect(settings)
+    try:
+        assert_same_state(before, dump(db))
+        assert db.months() == [JAN]
+    finally:
+        db.close()
+    # and the store still works: the same month ingests cleanly afterwards
+    run(home, "ingest", str(small / "month_000"), db_url=db_url, check=True)
