@@ -39,8 +39,24 @@ def _data(users: int) -> Path:
     out = WORK / f"data-{users}"
     if not (out / "month_000" / "labels.csv").exists():
         shutil.rmtree(out, ignore_errors=True)
-        subprocess.run([STREAMFLOW, "data", "generate", "--out", str(out), "--users", str(users), "--months", "1",
-                        "--seed", "11", "--json"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                STREAMFLOW,
+                "data",
+                "generate",
+                "--out",
+                str(out),
+                "--users",
+                str(users),
+                "--months",
+                "1",
+                "--seed",
+                "11",
+                "--json",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return out / "month_000"
 
 
@@ -54,15 +70,17 @@ def bench_ingest(sizes: list[int]) -> dict:
         ingest_s, ingest_mib = timed([STREAMFLOW, "ingest", str(month), "--json"], env)
         snap_s, snap_mib = timed([STREAMFLOW, "snapshot", "--as-of", "2024-01-31", "--json"], env)
         csv_rows = sum(sum(1 for _ in open(p)) - 1 for p in month.glob("*.csv"))
-        rows.append({
-            "users": users,
-            "csv_rows": csv_rows,
-            "ingest_validate_s": round(ingest_s, 2),
-            "snapshot_s": round(snap_s, 2),
-            "total_s": round(ingest_s + snap_s, 2),
-            "peak_rss_mib": round(max(ingest_mib, snap_mib)),
-            "rows_per_s": round(csv_rows / (ingest_s + snap_s)),
-        })
+        rows.append(
+            {
+                "users": users,
+                "csv_rows": csv_rows,
+                "ingest_validate_s": round(ingest_s, 2),
+                "snapshot_s": round(snap_s, 2),
+                "total_s": round(ingest_s + snap_s, 2),
+                "peak_rss_mib": round(max(ingest_mib, snap_mib)),
+                "rows_per_s": round(csv_rows / (ingest_s + snap_s)),
+            }
+        )
         print(f"ingest {users:>9,} users: {rows[-1]}", flush=True)
         shutil.rmtree(home, ignore_errors=True)
     return {"name": "ingest", "backend": "embedded (DuckDB + parquet snapshots)", "results": rows}
@@ -73,11 +91,15 @@ def _machine() -> dict:
 
 
 def _readme_table(result: dict) -> str:
-    lines = ["| users | CSV rows | ingest + validate (s) | snapshot (s) | total (s) | peak RSS (MiB) | rows/s |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| users | CSV rows | ingest + validate (s) | snapshot (s) | total (s) | peak RSS (MiB) | rows/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result["results"]:
-        lines.append(f"| {r['users']:,} | {r['csv_rows']:,} | {r['ingest_validate_s']} | {r['snapshot_s']} | "
-                     f"{r['total_s']} | {r['peak_rss_mib']:,} | {r['rows_per_s']:,} |")
+        lines.append(
+            f"| {r['users']:,} | {r['csv_rows']:,} | {r['ingest_validate_s']} | {r['snapshot_s']} | "
+            f"{r['total_s']} | {r['peak_rss_mib']:,} | {r['rows_per_s']:,} |"
+        )
     return "\n".join(lines)
 
 

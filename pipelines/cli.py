@@ -10,9 +10,10 @@ import functools
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -22,7 +23,11 @@ from rich.table import Table as RichTable
 from pipelines.config import Settings
 from pipelines.errors import StreamflowError
 
-app = typer.Typer(help="StreamFlow: churn prediction kept honest month after month.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="StreamFlow: churn prediction kept honest month after month.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 data_app = typer.Typer(help="Synthetic data in the course's month-folder format.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -79,7 +84,9 @@ def _root(ctx: typer.Context) -> None:
     """Read the settings once (``STREAMFLOW_*`` environment variables) and pass them to every command."""
     settings = _settings(ctx)
     logging.basicConfig(
-        level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
 
@@ -119,7 +126,12 @@ def data_generate(
     payload = {
         "out": str(out),
         "months": [
-            {"folder": str(m.folder), "as_of": m.as_of.isoformat(), "users": m.users, "churn_rate": round(m.churn_rate, 4)}
+            {
+                "folder": str(m.folder),
+                "as_of": m.as_of.isoformat(),
+                "users": m.users,
+                "churn_rate": round(m.churn_rate, 4),
+            }
             for m in result.months
         ],
     }
@@ -139,17 +151,19 @@ def data_generate(
 def ingest(
     ctx: typer.Context,
     month_dir: Path = typer.Argument(..., help="A month folder (month_NNN) with the six CSV files."),
-    as_of: Optional[str] = typer.Option(None, "--as-of", help="YYYY-MM-DD; inferred from month_NNN when omitted."),
+    as_of: str | None = typer.Option(None, "--as-of", help="YYYY-MM-DD; inferred from month_NNN when omitted."),
     as_json: bool = JsonOption,
 ) -> dict[str, Any]:
     """Validate a month folder and load it; bad rows are quarantined, never lost."""
     from pipelines.db import connect
-    from pipelines.ingest import ingest_month
+    from pipelines.ingest import check_month_dir, ingest_month
     from pipelines.months import infer_as_of, parse_as_of
     from pipelines.tables import RAW_TABLES
 
     settings = _settings(ctx)
-    when = parse_as_of(as_of) if as_of is not None else infer_as_of(month_dir)
+    given = parse_as_of(as_of) if as_of is not None else None
+    check_month_dir(month_dir)
+    when = given or infer_as_of(month_dir)
     db = connect(settings)
     try:
         with _progress(len(RAW_TABLES), f"validating {month_dir.name}", not as_json) as tick:
@@ -212,11 +226,19 @@ def status(ctx: typer.Context, as_json: bool = JsonOption) -> dict[str, Any]:
 
 def _print_status(state: dict[str, Any], settings: Settings) -> None:
     months = state["months"]
-    raw = RichTable("table", *months, title=f"raw tables ({settings.database_url.split('@')[-1]})")
+    where = settings.database_url.split("@")[-1]
+    raw = RichTable("table", *months, "stored", title=f"raw tables, rows per as_of ({where})")
     for name, per_month in state["tables"].items():
-        raw.add_row(name, *(f"{per_month.get(m, 0):,}" for m in months))
+        if "all" in per_month:  # users: one row per user, whatever the month
+            raw.add_row(name, *("—" for _ in months), f"{per_month['all']:,}")
+        else:
+            raw.add_row(name, *(f"{per_month.get(m, 0):,}" for m in months), f"{sum(per_month.values()):,}")
+    quarantined = state["quarantined_by_as_of"]
+    raw.add_row(
+        "[red]quarantined rows[/]", *(f"{quarantined.get(m, 0):,}" for m in months), f"{state['quarantined']:,}"
+    )
     _out.print(raw)
-    snaps = RichTable("snapshot table", *state["snapshot_as_of"], title="snapshots (rows per as_of)")
+    snaps = RichTable("snapshot table", *state["snapshot_as_of"], title="snapshots, rows per as_of")
     for name, per_month in state["snapshots"].items():
         snaps.add_row(name, *(f"{per_month.get(m, 0):,}" for m in state["snapshot_as_of"]))
     _out.print(snaps)
@@ -242,7 +264,7 @@ def demo(
     state = run_demo(settings, users=users, months=months, seed=seed, log=log)
     if not as_json:
         _print_status(state, settings)
-        _out.print(f"quarantined rows: {state['quarantined']:,}   state: {settings.home.resolve()}")
+        _out.print(f"state: {settings.home.resolve()}  (inspect it with `streamflow status`)")
     return state
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import io
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -59,7 +60,9 @@ class Database(ABC):
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> None: ...
 
     @abstractmethod
-    def _insert_frame(self, table: str, columns: tuple[str, ...], frame: pd.DataFrame, upsert_key: tuple[str, ...] = ()) -> None: ...
+    def _insert_frame(
+        self, table: str, columns: tuple[str, ...], frame: pd.DataFrame, upsert_key: tuple[str, ...] = ()
+    ) -> None: ...
 
     @abstractmethod
     def write_snapshot(self, as_of: date) -> dict[str, int]:
@@ -99,10 +102,13 @@ class Database(ABC):
         if len(frame):
             self._insert_frame("quarantine", QUARANTINE_DB_COLUMNS, frame.assign(as_of=as_of))
 
-    def record_ingestion(self, as_of: date, source: str, sha256: str, input_rows: int, loaded: int, quarantined: int) -> None:
+    def record_ingestion(
+        self, as_of: date, source: str, sha256: str, input_rows: int, loaded: int, quarantined: int
+    ) -> None:
         self._execute("DELETE FROM ingestions WHERE as_of = ?", (as_of,))
         self._execute(
-            "INSERT INTO ingestions VALUES (?, ?, ?, ?, ?, ?)", (as_of, source, sha256, input_rows, loaded, quarantined)
+            "INSERT INTO ingestions VALUES (?, ?, ?, ?, ?, ?)",
+            (as_of, source, sha256, input_rows, loaded, quarantined),
         )
 
     def table_counts(self) -> pd.DataFrame:
@@ -113,7 +119,10 @@ class Database(ABC):
             for t in RAW_TABLES
             if t.per_month
         ]
-        parts.append("SELECT 'quarantine' AS table_name, as_of, COUNT(DISTINCT table_name || ':' || CAST(line AS TEXT)) AS rows FROM quarantine GROUP BY as_of")
+        parts.append(
+            "SELECT 'quarantine' AS table_name, as_of, "
+            "COUNT(DISTINCT table_name || ':' || CAST(line AS TEXT)) AS rows FROM quarantine GROUP BY as_of"
+        )
         return self.query(" UNION ALL ".join(parts))
 
     def _create_all(self, snapshot_tables: bool) -> None:
@@ -172,7 +181,9 @@ class DuckDBDatabase(Database):
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
         self._con.execute(sql, list(params))
 
-    def _insert_frame(self, table: str, columns: tuple[str, ...], frame: pd.DataFrame, upsert_key: tuple[str, ...] = ()) -> None:
+    def _insert_frame(
+        self, table: str, columns: tuple[str, ...], frame: pd.DataFrame, upsert_key: tuple[str, ...] = ()
+    ) -> None:
         self._con.register("_stage", frame[list(columns)])
         try:
             cols = ", ".join(columns)
@@ -201,9 +212,7 @@ class DuckDBDatabase(Database):
                 tmp = tmp_dir / f"{snap.name}-{as_of.isoformat()}-{os.getpid()}.parquet"
                 select = self._snapshot_select(snap, f"DATE '{as_of.isoformat()}'")
                 self._con.execute(f"COPY ({select}) TO '{tmp}' (FORMAT parquet)")
-                counts[snap.name] = int(
-                    self._con.execute(f"SELECT COUNT(*) FROM read_parquet('{tmp}')").fetchone()[0]
-                )
+                counts[snap.name] = int(self._con.execute(f"SELECT COUNT(*) FROM read_parquet('{tmp}')").fetchone()[0])
                 staged.append((tmp, final))
             for tmp, final in staged:
                 os.replace(tmp, final)
@@ -286,7 +295,9 @@ class PostgresDatabase(Database):
         with self._con.cursor() as cur:
             cur.execute(self._pg(sql), params)
 
-    def _insert_frame(self, table: str, columns: tuple[str, ...], frame: pd.DataFrame, upsert_key: tuple[str, ...] = ()) -> None:
+    def _insert_frame(
+        self, table: str, columns: tuple[str, ...], frame: pd.DataFrame, upsert_key: tuple[str, ...] = ()
+    ) -> None:
         buf = io.StringIO()
         frame[list(columns)].to_csv(buf, index=False, header=False, date_format="%Y-%m-%d")
         buf.seek(0)
@@ -311,8 +322,7 @@ class PostgresDatabase(Database):
                 self._execute(f"DELETE FROM {snap.name} WHERE as_of = ?", (as_of,))
                 with self._con.cursor() as cur:
                     cur.execute(
-                        f"INSERT INTO {snap.name} ({', '.join(snap.db_columns)}) "
-                        + self._snapshot_select(snap, "%s"),
+                        f"INSERT INTO {snap.name} ({', '.join(snap.db_columns)}) " + self._snapshot_select(snap, "%s"),
                         (as_of,),
                     )
                     counts[snap.name] = cur.rowcount
@@ -323,7 +333,8 @@ class PostgresDatabase(Database):
     def snapshot_counts(self) -> pd.DataFrame:
         return self.query(
             " UNION ALL ".join(
-                f"SELECT '{s.name}' AS table_name, as_of, COUNT(*) AS rows FROM {s.name} GROUP BY as_of" for s in SNAPSHOTS
+                f"SELECT '{s.name}' AS table_name, as_of, COUNT(*) AS rows FROM {s.name} GROUP BY as_of"
+                for s in SNAPSHOTS
             )
         )
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -72,7 +72,7 @@ def _content_hash(month_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_month_dir(month_dir: Path) -> None:
+def check_month_dir(month_dir: Path) -> None:
     if not month_dir.is_dir():
         raise InvalidInput(f"{month_dir}: not a folder (expected a month folder such as month_000)")
     missing = [t.file_name for t in RAW_TABLES if not (month_dir / t.file_name).is_file()]
@@ -122,7 +122,7 @@ def ingest_month(
         InvalidInput: a file is missing or unusable (names file, line and column).
         QuarantineThresholdExceeded: a table's quarantined share passes ``settings.quarantine_max_share``.
     """
-    _check_month_dir(month_dir)
+    check_month_dir(month_dir)
     result = IngestResult(as_of=as_of, source=str(month_dir.resolve()))
 
     stored_ids = db.user_ids()
@@ -141,7 +141,10 @@ def ingest_month(
         if progress:
             progress(table.name)
 
-    quarantine = pd.concat([r.quarantine for r in results if len(r.quarantine)] or [pd.DataFrame(columns=QUARANTINE_COLUMNS)], ignore_index=True)
+    quarantine = pd.concat(
+        [r.quarantine for r in results if len(r.quarantine)] or [pd.DataFrame(columns=QUARANTINE_COLUMNS)],
+        ignore_index=True,
+    )
     _write_report(settings, as_of, quarantine, result)
 
     over = [

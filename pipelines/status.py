@@ -15,10 +15,10 @@ def collect_status(db: Database) -> dict[str, Any]:
     """The stored state as plain JSON-able values (the same dict the CLI prints or emits with ``--json``)."""
     months = [m.isoformat() for m in db.months()]
     tables: dict[str, dict[str, int]] = {}
-    quarantined = 0
+    quarantined: dict[str, int] = {}
     for row in db.table_counts().itertuples(index=False):
         if row.table_name == "quarantine":
-            quarantined += int(row.rows)
+            quarantined[_iso(row.as_of)] = int(row.rows)
             continue
         per = tables.setdefault(row.table_name, {})
         if row.as_of is None or str(row.as_of) in ("NaT", "None", "nan"):
@@ -32,7 +32,8 @@ def collect_status(db: Database) -> dict[str, Any]:
     return {
         "months": months,
         "tables": tables,
-        "quarantined": quarantined,
+        "quarantined": sum(quarantined.values()),
+        "quarantined_by_as_of": quarantined,
         "snapshots": snapshots,
         "snapshot_as_of": snapshot_as_of,
     }

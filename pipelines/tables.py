@@ -11,10 +11,10 @@ rebuilt for any as_of and labels stay per month (the contract's warning about ke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     TEXT = "text"
     BOOL = "bool"
     INT = "int"

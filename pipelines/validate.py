@@ -101,8 +101,7 @@ def _read_header(path: Path, raw: bytes, table: Table) -> list[str]:
         seen.add(name)
         if name not in table.column_names:
             raise InvalidInput(
-                f"{path}: line 1, column {pos}: unexpected column {name!r} "
-                f"(allowed: {', '.join(table.column_names)})"
+                f"{path}: line 1, column {pos}: unexpected column {name!r} (allowed: {', '.join(table.column_names)})"
             )
     missing = [c for c in table.required if c not in seen]
     if missing:
@@ -278,7 +277,7 @@ def build_schema(table: Table, as_of: date, known_user_ids: pd.Index | None) -> 
         if col.name == "user_id" and known_user_ids is not None:
             known = pyarrow_lib.array(known_user_ids.astype(str), type=pyarrow_lib.string())
             checks.append(
-                pa.Check(lambda s: (s == "") | isin(s, known), error="unknown user_id (not in users)")
+                pa.Check(lambda s, known=known: (s == "") | isin(s, known), error="unknown user_id (not in users)")
             )
         columns[col.name] = pa.Column(
             TEXT,
@@ -311,9 +310,7 @@ def _to_typed(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
     return out
 
 
-def validate_table(
-    path: Path, table: Table, as_of: date, known_user_ids: pd.Index | None
-) -> TableResult:
+def validate_table(path: Path, table: Table, as_of: date, known_user_ids: pd.Index | None) -> TableResult:
     """Read and validate one CSV of a month.
 
     Args:
@@ -350,9 +347,11 @@ def validate_table(
         },
         columns=QUARANTINE_COLUMNS,
     )
-    quarantine = pd.concat([q for q in (malformed, row_failures) if len(q)], ignore_index=True) if (
-        len(malformed) or len(row_failures)
-    ) else pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    quarantine = (
+        pd.concat([q for q in (malformed, row_failures) if len(q)], ignore_index=True)
+        if (len(malformed) or len(row_failures))
+        else pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    )
     quarantine = quarantine.sort_values(["line", "column_name"], na_position="first", kind="stable")
     quarantine = quarantine.reset_index(drop=True)
 

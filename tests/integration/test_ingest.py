@@ -77,7 +77,9 @@ def test_generated_months_load_completely(db: Database, settings: Settings, mont
         assert (pd.to_datetime(frame["event_timestamp"], utc=True) == pd.Timestamp(JAN, tz="UTC")).all()
 
 
-def test_empty_plans_of_no_internet_users_are_stored_as_null(db: Database, settings: Settings, months_dir: Path) -> None:
+def test_empty_plans_of_no_internet_users_are_stored_as_null(
+    db: Database, settings: Settings, months_dir: Path
+) -> None:
     ingest_month(db, settings, months_dir / "month_000", JAN)
     subs = db.query("SELECT net_service, plan_stream_tv, plan_stream_movies, add_on_security FROM subscriptions")
     no_internet = subs[subs["net_service"] == "No"]
@@ -87,7 +89,9 @@ def test_empty_plans_of_no_internet_users_are_stored_as_null(db: Database, setti
     assert subs["add_on_security"].isna().all()
 
 
-def test_ingesting_the_same_month_twice_leaves_identical_tables(db: Database, settings: Settings, months_dir: Path, tmp_path: Path) -> None:
+def test_ingesting_the_same_month_twice_leaves_identical_tables(
+    db: Database, settings: Settings, months_dir: Path, tmp_path: Path
+) -> None:
     month = copy_month(months_dir, tmp_path)
     with (month / "usage_agg_30d.csv").open("a") as fh:  # one bad row, so the quarantine is compared too
         fh.write(f"{pd.read_csv(month / 'users.csv')['user_id'].iloc[0]}-X,1,1,1,1,1\n")
@@ -116,7 +120,10 @@ def test_february_never_changes_january_labels_or_snapshots(db: Database, settin
 
 
 BAD_MONTHS = {
-    "missing file": (lambda m: (m / "payments_agg_90d.csv").unlink(), r"file\(s\) missing: payments_agg_90d.csv"),
+    "missing file": (
+        lambda m: (m / "payments_agg_90d.csv").unlink(),
+        r"file\(s\) missing: payments_agg_90d.csv",
+    ),
     "missing column": (
         lambda m: _rewrite(m / "usage_agg_30d.csv", lambda t: t.drop(columns=["skips_7d"])),
         r"usage_agg_30d.csv: line 1: missing column\(s\) 'skips_7d'",
@@ -125,7 +132,10 @@ BAD_MONTHS = {
         lambda m: _rewrite(m / "labels.csv", lambda t: t.assign(score=1)),
         r"labels.csv: line 1, column 3: unexpected column 'score'",
     ),
-    "empty file": (lambda m: (m / "support_agg_90d.csv").write_text(""), r"support_agg_90d.csv: line 1: file is empty"),
+    "empty file": (
+        lambda m: (m / "support_agg_90d.csv").write_text(""),
+        r"support_agg_90d.csv: line 1: file is empty",
+    ),
     "header only": (
         lambda m: (m / "labels.csv").write_text("user_id,churn_label\n"),
         r"labels.csv: line 2: no data rows",
@@ -156,7 +166,9 @@ def test_unusable_month_fails_clearly_and_keeps_what_was_stored(
     assert_same_state(before, dump(db))
 
 
-def test_bad_rows_are_quarantined_and_reported_and_good_rows_load(db: Database, settings: Settings, months_dir: Path, tmp_path: Path) -> None:
+def test_bad_rows_are_quarantined_and_reported_and_good_rows_load(
+    db: Database, settings: Settings, months_dir: Path, tmp_path: Path
+) -> None:
     month = copy_month(months_dir, tmp_path)
     usage = pd.read_csv(month / "usage_agg_30d.csv", dtype=str, keep_default_na=False)
     usage.loc[5, "skips_7d"] = "-4"  # negative count, line 7
@@ -167,27 +179,43 @@ def test_bad_rows_are_quarantined_and_reported_and_good_rows_load(db: Database, 
     assert result.tables["usage_agg_30d"]["quarantined"] == 2
     assert result.quarantined == 2
     stored = db.query("SELECT line, column_name, value, reason FROM quarantine ORDER BY line")
-    assert stored.values.tolist() == [[7, "skips_7d", "-4", "must be >= 0"], [11, "unique_devices_30d", "many", "not an integer"]]
+    assert stored.values.tolist() == [
+        [7, "skips_7d", "-4", "must be >= 0"],
+        [11, "unique_devices_30d", "many", "not an integer"],
+    ]
     report = pd.read_csv(result.report_csv)
-    assert report[["line", "column_name", "value"]].astype(str).values.tolist() == [["7", "skips_7d", "-4"], ["11", "unique_devices_30d", "many"]]
+    assert report[["line", "column_name", "value"]].astype(str).values.tolist() == [
+        ["7", "skips_7d", "-4"],
+        ["11", "unique_devices_30d", "many"],
+    ]
     assert result.report_json.exists()
     n = db.query("SELECT COUNT(*) AS n FROM usage_agg_30d")["n"].iloc[0]
     assert n == len(usage) - 2
 
 
-def test_quarantine_over_threshold_loads_nothing_for_the_month(db: Database, settings: Settings, months_dir: Path, tmp_path: Path) -> None:
+def test_quarantine_over_threshold_loads_nothing_for_the_month(
+    db: Database, settings: Settings, months_dir: Path, tmp_path: Path
+) -> None:
     ingest_month(db, settings, months_dir / "month_000", JAN)
     before = dump(db)
     month = copy_month(months_dir, tmp_path, index=1)
-    _rewrite(month / "payments_agg_90d.csv", lambda t: t.assign(failed_payments_90d=["x"] * 5 + list(t["failed_payments_90d"][5:])))
-    with pytest.raises(QuarantineThresholdExceeded, match=r"payments_agg_90d \d+\.\d%.*nothing of as_of 2024-02-29 was loaded"):
+    _rewrite(
+        month / "payments_agg_90d.csv",
+        lambda t: t.assign(failed_payments_90d=["x"] * 5 + list(t["failed_payments_90d"][5:])),
+    )
+    with pytest.raises(
+        QuarantineThresholdExceeded,
+        match=r"payments_agg_90d \d+\.\d%.*nothing of as_of 2024-02-29 was loaded",
+    ):
         ingest_month(db, settings, month, FEB)
     assert_same_state(before, dump(db))
     report = settings.quarantine_dir / FEB.isoformat() / "quarantine.csv"
     assert len(pd.read_csv(report)) == 5  # the report is written so the user can see why
 
 
-def test_snapshot_of_a_month_never_ingested_is_a_clear_error(db: Database, settings: Settings, months_dir: Path) -> None:
+def test_snapshot_of_a_month_never_ingested_is_a_clear_error(
+    db: Database, settings: Settings, months_dir: Path
+) -> None:
     ingest_month(db, settings, months_dir / "month_000", JAN)
     with pytest.raises(NotFound, match=r"no ingested month has as_of 2024-02-29 \(ingested: 2024-01-31\)"):
         take_snapshot(db, FEB)

@@ -9,7 +9,13 @@ from pipelines.months import as_of_for_index, infer_as_of, month_dir_name, parse
 
 @pytest.mark.parametrize(
     ("index", "expected"),
-    [(0, date(2024, 1, 31)), (1, date(2024, 2, 29)), (2, date(2024, 3, 31)), (11, date(2024, 12, 31)), (13, date(2025, 2, 28))],
+    [
+        (0, date(2024, 1, 31)),
+        (1, date(2024, 2, 29)),
+        (2, date(2024, 3, 31)),
+        (11, date(2024, 12, 31)),
+        (13, date(2025, 2, 28)),
+    ],
 )
 def test_month_index_maps_to_last_day_of_month(index: int, expected: date) -> None:
     assert as_of_for_index(index) == expected

@@ -14,7 +14,10 @@ from pipelines.validate import validate_table
 
 AS_OF = date(2024, 1, 31)
 KNOWN = pd.Index(["7590-VHVEG", "5575-GNVDE", "3668-QPYBK"])
-SUBS_HEADER = "user_id,months_active,plan_stream_tv,plan_stream_movies,contract_type,paperless_billing,monthly_fee,total_paid,net_service"
+SUBS_HEADER = (
+    "user_id,months_active,plan_stream_tv,plan_stream_movies,contract_type,"
+    "paperless_billing,monthly_fee,total_paid,net_service"
+)
 
 
 def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
@@ -25,10 +28,12 @@ def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
 
 def reasons(result) -> list[tuple[int, str | None, str, str]]:
     q = result.quarantine
-    return list(zip(q["line"], q["column_name"], q["value"], q["reason"]))
+    return list(zip(q["line"], q["column_name"], q["value"], q["reason"], strict=True))
 
 
-def test_course_subscriptions_without_add_ons_and_empty_plans_for_no_internet_load_clean(tmp_path: Path) -> None:
+def test_course_subscriptions_without_add_ons_and_empty_plans_for_no_internet_load_clean(
+    tmp_path: Path,
+) -> None:
     path = write(
         tmp_path,
         "subscriptions.csv",
@@ -47,7 +52,16 @@ def test_course_subscriptions_without_add_ons_and_empty_plans_for_no_internet_lo
 
 @pytest.mark.parametrize(
     ("token", "expected"),
-    [("True", True), ("False", False), ("true", True), ("FALSE", False), ("1", True), ("0", False), ("Yes", True), ("nO", False)],
+    [
+        ("True", True),
+        ("False", False),
+        ("true", True),
+        ("FALSE", False),
+        ("1", True),
+        ("0", False),
+        ("Yes", True),
+        ("nO", False),
+    ],
 )
 def test_booleans_parse_in_every_contract_spelling(tmp_path: Path, token: str, expected: bool) -> None:
     path = write(tmp_path, "labels.csv", f"user_id,churn_label\n7590-VHVEG,{token}\n")
@@ -114,7 +128,10 @@ def test_fee_must_be_positive_and_dates_iso_and_not_after_as_of(tmp_path: Path) 
     )
     result = validate_table(users, USERS, AS_OF, None)
     got = [(line, col, reason) for line, col, _, reason in reasons(result)]
-    assert got == [(3, "signup_date", "not a date (YYYY-MM-DD)"), (4, "signup_date", "date after the month's as_of 2024-01-31")]
+    assert got == [
+        (3, "signup_date", "not a date (YYYY-MM-DD)"),
+        (4, "signup_date", "date after the month's as_of 2024-01-31"),
+    ]
     subs = write(tmp_path, "subscriptions.csv", f"{SUBS_HEADER}\n7590-VHVEG,1,False,True,One year,True,0,0,DSL\n")
     assert reasons(validate_table(subs, SUBSCRIPTIONS, AS_OF, KNOWN)) == [(2, "monthly_fee", "0", "must be > 0")]
 
@@ -134,7 +151,11 @@ def test_crlf_quoted_comma_bom_and_blank_lines(tmp_path: Path) -> None:
 
 
 def test_row_with_wrong_number_of_fields_is_quarantined(tmp_path: Path) -> None:
-    path = write(tmp_path, "labels.csv", "user_id,churn_label\n7590-VHVEG,True\n5575-GNVDE,False,extra\n3668-QPYBK,True\n")
+    path = write(
+        tmp_path,
+        "labels.csv",
+        "user_id,churn_label\n7590-VHVEG,True\n5575-GNVDE,False,extra\n3668-QPYBK,True\n",
+    )
     result = validate_table(path, LABELS, AS_OF, KNOWN)
     assert result.loaded_rows == 2 and result.input_rows == 3
     assert reasons(result) == [(3, None, "5575-GNVDE,False,extra", "expected 2 fields, found 3")]
@@ -146,9 +167,18 @@ def test_row_with_wrong_number_of_fields_is_quarantined(tmp_path: Path) -> None:
         (b"", r"labels.csv: line 1: file is empty"),
         (b"user_id,churn_label\n", r"labels.csv: line 2: no data rows \(the file has a header only\)"),
         (b"user_id\n7590-VHVEG\n", r"labels.csv: line 1: missing column\(s\) 'churn_label'"),
-        (b"user_id,churn_label,score\n7590-VHVEG,True,1\n", r"labels.csv: line 1, column 3: unexpected column 'score'"),
-        (b"user_id,churn_label\n7590-VHVEG,True\n5575-GNVD\xe9,False\n", r"labels.csv: line 3, column 'user_id': byte 0xe9 is not UTF-8"),
-        (b"user_id,churn_label\n7590-VHVEG,Tru\xffe\n", r"labels.csv: line 2, column 'churn_label': byte 0xff is not UTF-8"),
+        (
+            b"user_id,churn_label,score\n7590-VHVEG,True,1\n",
+            r"labels.csv: line 1, column 3: unexpected column 'score'",
+        ),
+        (
+            b"user_id,churn_label\n7590-VHVEG,True\n5575-GNVD\xe9,False\n",
+            r"labels.csv: line 3, column 'user_id': byte 0xe9 is not UTF-8",
+        ),
+        (
+            b"user_id,churn_label\n7590-VHVEG,Tru\xffe\n",
+            r"labels.csv: line 2, column 'churn_label': byte 0xff is not UTF-8",
+        ),
     ],
 )
 def test_unusable_files_fail_naming_file_line_and_column(tmp_path: Path, content: bytes, message: str) -> None:
