@@ -219,3 +219,64 @@ def test_snapshot_of_a_month_never_ingested_is_a_clear_error(
     ingest_month(db, settings, months_dir / "month_000", JAN)
     with pytest.raises(NotFound, match=r"no ingested month has as_of 2024-02-29 \(ingested: 2024-01-31\)"):
         take_snapshot(db, FEB)
+
+
+def test_row_defects_in_a_later_month_are_quarantined_and_january_is_untouched(
+    db: Database, settings: Settings, months_dir: Path, tmp_path: Path
+) -> None:
+    ingest_month(db, settings, months_dir / "month_000", JAN)
+    take_snapshot(db, JAN)
+
+    def january_rows() -> dict[str, pd.DataFrame]:
+        rows = {
+            t.name: db.query(f"SELECT * FROM {t.name} WHERE as_of = ? ORDER BY user_id", (JAN,))
+            for t in RAW_TABLES
+            if t.per_month
+        }
+        return rows | {s.name: db.read_snapshot(s, JAN) for s in SNAPSHOTS}
+
+    january = january_rows()
+    month = copy_month(months_dir, tmp_path, index=1)
+    pay = pd.read_csv(month / "payments_agg_90d.csv", dtype=str, keep_default_na=False)
+    pay.loc[3, "failed_payments_90d"] = "-1"  # negative count, line 5
+    pay.loc[4, "failed_payments_90d"] = "two"  # text in an INT column, line 6
+    pay = pd.concat([pay, pay.iloc[[0]], pd.DataFrame({"user_id": ["0000-NOONE"], "failed_payments_90d": ["0"]})])
+    pay.to_csv(month / "payments_agg_90d.csv", index=False)  # + a duplicate of line 2 and an unknown user
+    settings = settings.model_copy(update={"quarantine_max_share": 0.05})
+    result = ingest_month(db, settings, month, FEB)
+    counts = result.tables["payments_agg_90d"]
+    assert counts == {"input": len(pay), "loaded": len(pay) - 5, "quarantined": 5}
+    q = db.query("SELECT line, column_name, value, reason FROM quarantine WHERE as_of = ? ORDER BY line", (FEB,))
+    n = len(pay) + 1  # last physical line
+    assert q.values.tolist() == [
+        [2, "user_id", pay.iloc[0]["user_id"], "duplicate user_id in this file"],
+        [5, "failed_payments_90d", "-1", "must be >= 0"],
+        [6, "failed_payments_90d", "two", "not an integer"],
+        [n - 1, "user_id", pay.iloc[0]["user_id"], "duplicate user_id in this file"],
+        [n, "user_id", "0000-NOONE", "unknown user_id (not in users)"],
+    ]
+    assert_same_state(january, january_rows())
+
+
+def test_crlf_quoted_commas_and_boolean_spellings_load_on_both_backends(
+    db: Database, settings: Settings, months_dir: Path, tmp_path: Path
+) -> None:
+    month = copy_month(months_dir, tmp_path)
+    users = pd.read_csv(month / "users.csv", dtype=str, keep_default_na=False)
+    users.loc[0, "user_gender"] = "Female, self-described"
+    users["has_family"] = users["has_family"].map({"True": "yes", "False": "NO"})
+    users["has_dependents"] = users["has_dependents"].map({"True": "1", "False": "0"})
+    users.to_csv(month / "users.csv", index=False, lineterminator="\r\n")
+    for name in ("subscriptions.csv", "labels.csv"):
+        path = month / name
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    result = ingest_month(db, settings, month, JAN)
+    assert result.quarantined == 0
+    stored = db.query(
+        "SELECT user_gender, has_family, has_dependents FROM users WHERE user_id = ?", (users.loc[0, "user_id"],)
+    )
+    assert stored.loc[0, "user_gender"] == "Female, self-described"
+    assert bool(stored.loc[0, "has_family"]) == (users.loc[0, "has_family"] == "yes")
+    assert bool(stored.loc[0, "has_dependents"]) == (users.loc[0, "has_dependents"] == "1")
+    labels = db.query("SELECT churn_label FROM labels")
+    assert len(labels) == len(users) and labels["churn_label"].notna().all()
