@@ -133,12 +133,17 @@ def _readme_table(result: dict) -> str:
 def _update_readme(name: str, table: str) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+    pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
     if pattern.search(text):
-        readme.write_text(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
+        readme.write_text(pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text))
 
 
 BENCHES = {"ingest": (bench_ingest, _readme_table, [7043, 100_000, 1_000_000])}
+
+
+def _write(name: str, result: dict) -> None:
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    _update_readme(name, BENCHES[name][1](result))
 
 
 def main() -> None:
@@ -148,14 +153,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=sorted(BENCHES), action="append")
     parser.add_argument("--sizes", type=int, nargs="+", help="override the sizes of the chosen benchmarks")
+    parser.add_argument("--readme-only", action="store_true", help="rewrite the README tables from bench/results")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.readme_only:
+        for name in args.only or sorted(BENCHES):
+            if (RESULTS / f"{name}.json").exists():
+                _update_readme(name, BENCHES[name][1](json.loads((RESULTS / f"{name}.json").read_text())))
+        return
     for name in args.only or sorted(BENCHES):
-        fn, table, sizes = BENCHES[name]
+        fn, _, sizes = BENCHES[name]
         result = fn(args.sizes or sizes)
         result.update(machine=_machine(), measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        _update_readme(name, table(result))
+        _write(name, result)
 
 
 if __name__ == "__main__":
