@@ -30,6 +30,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Synthetic data in the course's month-folder format.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+features_app = typer.Typer(help="The Feast feature store on the snapshots.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+dataset_app = typer.Typer(help="Point-in-time correct training sets.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
 
 JsonOption = typer.Option(False, "--json", help="Print exactly one JSON object on stdout instead of the summary.")
 
@@ -203,6 +207,73 @@ def snapshot(
         for name, rows in result.rows.items():
             table.add_row(name, f"{rows:,}")
         _out.print(table)
+    return result.to_json()
+
+
+@features_app.command("apply")
+@command
+def features_apply(ctx: typer.Context, as_json: bool = JsonOption) -> dict[str, Any]:
+    """Register the feature_repo definitions in the Feast registry (idempotent)."""
+    from pipelines.features import apply_repo
+
+    result = apply_repo(_settings(ctx))
+    if not as_json:
+        _out.print(
+            f"applied {len(result.feature_views)} feature views, feature service(s) "
+            f"{', '.join(result.feature_services)}: {len(result.features)} features"
+        )
+    return result.to_json()
+
+
+@features_app.command("materialize")
+@command
+def features_materialize(
+    ctx: typer.Context,
+    as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of a snapshot."),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """Load the snapshot of an as_of into the online store (incremental, idempotent)."""
+    from pipelines.db import connect
+    from pipelines.features import materialize
+    from pipelines.months import parse_as_of
+
+    when = parse_as_of(as_of)
+    settings = _settings(ctx)
+    db = connect(settings)
+    try:
+        result = materialize(settings, db, when)
+    finally:
+        db.close()
+    if not as_json:
+        _out.print(result.skipped or f"materialized as_of {when}: {', '.join(result.feature_views)}")
+    return result.to_json()
+
+
+@dataset_app.command("build")
+@command
+def dataset_build(
+    ctx: typer.Context,
+    as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of a snapshot with labels."),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """Build the training set of an as_of (parquet + JSON manifest)."""
+    from pipelines.db import connect
+    from pipelines.features import build_dataset
+    from pipelines.months import parse_as_of
+
+    when = parse_as_of(as_of)
+    settings = _settings(ctx)
+    db = connect(settings)
+    try:
+        result = build_dataset(settings, db, when)
+    finally:
+        db.close()
+    if not as_json:
+        m = result.manifest
+        _out.print(
+            f"training set as_of {when}: {m['rows']:,} rows, label rate {m['label_rate']:.1%}, "
+            f"{len(m['features'])} features from {m['feature_service']} -> {result.path}"
+        )
     return result.to_json()
 
 

@@ -33,6 +33,16 @@ class Settings(BaseSettings):
         description="A table whose share of quarantined rows passes this fails the month (nothing is loaded).",
     )
 
+    db_sslmode: str = Field(
+        default="prefer",
+        description="sslmode for Feast's Postgres stores and registry (Feast's own default is 'require'); "
+        "an sslmode=… in STREAMFLOW_DB_URL wins.",
+    )
+    feature_repo: Path = Field(
+        default=Path(__file__).resolve().parent.parent / "feature_repo",
+        description="The Feast repo (definitions + feature_store*.yaml).",
+    )
+    feature_service: str = Field(default="churn_features", description="The FeatureService the model reads.")
     log_level: str = Field(default="WARNING", description="Python logging level of the CLI (logs go to stderr).")
 
     @field_validator("db_url", mode="before")
@@ -54,6 +64,11 @@ class Settings(BaseSettings):
     def snapshot_dir(self) -> Path:
         """Embedded mode: one parquet file per snapshot table and as_of (see docs/architecture.md)."""
         return self.home / "snapshots"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Training sets (parquet + manifest) per as_of."""
+        return self.home / "datasets"
 
     @property
     def quarantine_dir(self) -> Path:

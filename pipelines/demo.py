@@ -7,6 +7,7 @@ from typing import Any
 
 from pipelines.config import Settings
 from pipelines.db import connect
+from pipelines.features import apply_repo, build_dataset, materialize, open_store
 from pipelines.generate import generate
 from pipelines.ingest import ingest_month
 from pipelines.months import infer_as_of
@@ -15,10 +16,11 @@ from pipelines.status import collect_status
 
 
 def run_demo(settings: Settings, *, users: int, months: int, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Generate ``months`` month folders under ``STREAMFLOW_HOME/data``, ingest and snapshot each.
+    """Generate ``months`` month folders under ``STREAMFLOW_HOME/data``, ingest and snapshot each, apply the Feast
+    repo, materialize the newest snapshot online and build the first month's training set.
 
     Returns:
-        The stored state (:func:`pipelines.status.collect_status`) after the run.
+        The stored state (:func:`pipelines.status.collect_status`) after the run, plus the training set summary.
     """
     data_dir = settings.home / "data"
     log(f"generating {months} month(s) of {users:,} users into {data_dir}")
@@ -31,6 +33,21 @@ def run_demo(settings: Settings, *, users: int, months: int, seed: int, log: Cal
             log(f"ingested {month.folder.name}: {result.loaded:,} rows loaded, {result.quarantined:,} quarantined")
             snap = take_snapshot(db, as_of)
             log(f"snapshot as_of {as_of}: {sum(snap.rows.values()):,} rows in {len(snap.rows)} tables")
-        return collect_status(db)
+        applied = apply_repo(settings)
+        log(
+            f"feast apply: {len(applied.feature_views)} feature views, service {settings.feature_service} "
+            f"({len(applied.features)} features)"
+        )
+        store = open_store(settings)
+        newest = infer_as_of(generated.months[-1].folder)
+        materialize(settings, db, newest, store=store)
+        log(f"materialized as_of {newest} into the online store")
+        first = infer_as_of(generated.months[0].folder)
+        dataset = build_dataset(settings, db, first, store=store)
+        log(
+            f"training set as_of {first}: {dataset.manifest['rows']:,} rows, "
+            f"label rate {dataset.manifest['label_rate']:.1%} -> {dataset.path}"
+        )
+        return collect_status(db) | {"training_set": dataset.to_json()}
     finally:
         db.close()

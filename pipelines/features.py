@@ -1,0 +1,329 @@
+"""Feast on the snapshots: ``streamflow features apply``, ``features materialize``, ``dataset build``, and the
+batched online lookup the transformer uses.
+
+The Feast repo is ``feature_repo/`` (definitions in ``features.py``). Which ``feature_store*.yaml`` is used follows
+the settings: ``feature_store.yaml`` on the embedded default, ``feature_store.postgres.yaml`` in Postgres mode.
+Feast expands ``${VAR}`` in those files from the environment, so :func:`open_store` exports the few variables they
+name (derived from the settings) before opening the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+import pandas as pd
+
+from pipelines.config import Settings
+from pipelines.db import Database
+from pipelines.errors import InvalidInput, NotFound, StreamflowError
+
+log = logging.getLogger(__name__)
+
+APPLY_HINT = "run `streamflow features apply` first"
+
+
+def as_of_timestamp(as_of: date) -> datetime:
+    """The event timestamp of a snapshot: the as_of at 00:00 UTC (see docs/architecture.md)."""
+    return datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
+
+
+def feast_env(settings: Settings) -> dict[str, str]:
+    """Environment variables the Feast repo reads (definitions and ``${VAR}`` in feature_store*.yaml)."""
+    env = {"STREAMFLOW_HOME": str(settings.home.resolve()), "STREAMFLOW_DB_URL": settings.db_url or ""}
+    if settings.is_postgres:
+        url = urlsplit(settings.database_url)
+        query = parse_qs(url.query)
+        env.update(
+            STREAMFLOW_PG_HOST=url.hostname or "localhost",
+            STREAMFLOW_PG_PORT=str(url.port or 5432),
+            STREAMFLOW_PG_DB=url.path.lstrip("/") or "postgres",
+            STREAMFLOW_PG_USER=unquote(url.username or ""),
+            STREAMFLOW_PG_PASSWORD=unquote(url.password or ""),
+            STREAMFLOW_PG_SSLMODE=query.get("sslmode", [settings.db_sslmode])[0],
+        )
+    return env
+
+
+def _yaml_file(settings: Settings) -> Path:
+    name = "feature_store.postgres.yaml" if settings.is_postgres else "feature_store.yaml"
+    path = settings.feature_repo / name
+    if not path.is_file():
+        raise StreamflowError(f"Feast repo config {path} is missing (STREAMFLOW_FEATURE_REPO={settings.feature_repo})")
+    return path
+
+
+def open_store(settings: Settings):
+    """One FeatureStore for the settings' storage mode (reuse it: opening one reads the registry)."""
+    from feast import FeatureStore
+
+    os.environ.update(feast_env(settings))
+    (settings.home / "feast").mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=_yaml_file(settings))
+
+
+@contextmanager
+def _importable(repo: Path) -> Iterator[None]:
+    """Let Feast's ``parse_repo`` import the repo's modules fresh (it imports by path relative to the cwd)."""
+    before_cwd, before_path = os.getcwd(), list(sys.path)
+    stale = {name for name, mod in sys.modules.items() if str(getattr(mod, "__file__", "") or "").startswith(str(repo))}
+    for name in stale:
+        sys.modules.pop(name)
+    os.chdir(repo)
+    sys.path.insert(0, str(repo))
+    try:
+        yield
+    finally:
+        os.chdir(before_cwd)
+        sys.path[:] = before_path
+        for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", "") or "").startswith(str(repo))]:
+            sys.modules.pop(name)
+
+
+@dataclass
+class ApplyResult:
+    entities: list[str]
+    feature_views: list[str]
+    feature_services: list[str]
+    features: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__ | {"feature_count": len(self.features)}
+
+
+def apply_repo(settings: Settings) -> ApplyResult:
+    """Register the repo's definitions in the Feast registry (what ``feast apply`` does), idempotently."""
+    from feast.repo_operations import parse_repo
+
+    store = open_store(settings)
+    repo = settings.feature_repo.resolve()
+    with _importable(repo):
+        contents = parse_repo(repo)
+    objects = [*contents.data_sources, *contents.entities, *contents.feature_views, *contents.feature_services]
+    store.apply(objects)
+    service = store.get_feature_service(settings.feature_service)
+    return ApplyResult(
+        entities=sorted(e.name for e in contents.entities if not e.name.startswith("__")),
+        feature_views=sorted(v.name for v in contents.feature_views),
+        feature_services=sorted(s.name for s in contents.feature_services),
+        features=feature_names(service),
+    )
+
+
+def feature_names(service) -> list[str]:
+    """The model's feature columns, in the FeatureService's order."""
+    return [f.name for projection in service.feature_view_projections for f in projection.features]
+
+
+def _service(store, settings: Settings):
+    from feast.errors import FeatureServiceNotFoundException
+
+    try:
+        return store.get_feature_service(settings.feature_service)
+    except FeatureServiceNotFoundException:
+        raise NotFound(
+            f"the Feast registry has no feature service {settings.feature_service!r}: {APPLY_HINT}"
+        ) from None
+
+
+def _require_snapshot(db: Database, as_of: date) -> None:
+    counts = db.snapshot_counts()
+    taken = sorted({pd.Timestamp(v).date() for v in counts["as_of"]}) if len(counts) else []
+    if as_of not in taken:
+        known = ", ".join(d.isoformat() for d in taken) or "none yet"
+        raise NotFound(
+            f"no snapshot for as_of {as_of.isoformat()} (snapshots: {known}); "
+            f"run `streamflow snapshot --as-of {as_of.isoformat()}` first"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ materialize
+
+
+@dataclass
+class MaterializeResult:
+    as_of: date
+    feature_views: list[str]
+    skipped: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"as_of": self.as_of.isoformat(), "feature_views": self.feature_views, "skipped": self.skipped}
+
+
+def materialize(settings: Settings, db: Database, as_of: date, store=None) -> MaterializeResult:
+    """Load the snapshot of ``as_of`` into the online store.
+
+    Incremental and idempotent: the window is exactly that snapshot; materializing it again writes the same
+    values; an as_of older than what the online store already holds is skipped, so the online store never goes
+    back in time.
+
+    Raises:
+        NotFound: the snapshot does not exist, or the repo was never applied.
+    """
+    _require_snapshot(db, as_of)
+    store = store or open_store(settings)
+    service = _service(store, settings)
+    views = [store.get_feature_view(p.name) for p in service.feature_view_projections]
+    start = as_of_timestamp(as_of)
+    end = start + timedelta(days=1)
+    newest = max((v.most_recent_end_time for v in views if v.most_recent_end_time), default=None)
+    if newest is not None and newest.astimezone(UTC) > end:
+        held = (newest.astimezone(UTC) - timedelta(days=1)).date()
+        skipped = f"online store already holds a newer as_of ({held}); nothing done"
+        return MaterializeResult(as_of, [], skipped=skipped)
+    with redirect_stdout(sys.stderr):  # Feast prints progress; stdout belongs to the CLI's summary or JSON
+        store.materialize(start_date=start, end_date=end, feature_views=[v.name for v in views])
+    return MaterializeResult(as_of, [v.name for v in views])
+
+
+# ------------------------------------------------------------------------------------------------ training set
+
+
+@dataclass
+class DatasetResult:
+    as_of: date
+    path: Path
+    manifest_path: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "as_of": self.as_of.isoformat(),
+            "rows": self.manifest["rows"],
+            "label_rate": self.manifest["label_rate"],
+            "path": str(self.path),
+            "manifest": str(self.manifest_path),
+            "content_sha256": self.manifest["content_sha256"],
+        }
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """A hash of the rows and columns of a frame, independent of how it was written to disk."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([str(c) for c in frame.columns]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_dataset(settings: Settings, db: Database, as_of: date, store=None) -> DatasetResult:
+    """The training set of ``as_of``: that month's labelled users, their features as of ``as_of`` through
+    ``get_historical_features`` (point-in-time correct), and their ``churn_label`` of the same month.
+
+    Raises:
+        NotFound: no snapshot or no labels for ``as_of``, or the repo was never applied.
+    """
+    _require_snapshot(db, as_of)
+    labels = db.query("SELECT user_id, churn_label FROM labels WHERE as_of = ? ORDER BY user_id", (as_of,))
+    if labels.empty:
+        raise NotFound(f"no labels stored for as_of {as_of.isoformat()}; ingest that month first")
+    store = store or open_store(settings)
+    service = _service(store, settings)
+    names = feature_names(service)
+    entity_df = pd.DataFrame({"user_id": labels["user_id"], "event_timestamp": as_of_timestamp(as_of)})
+    joined = store.get_historical_features(entity_df=entity_df, features=service).to_df()
+    frame = (
+        joined.drop(columns=["event_timestamp"])
+        .merge(labels.astype({"churn_label": "int64"}), on="user_id", how="inner", validate="one_to_one")
+        .sort_values("user_id", kind="stable")
+        .reset_index(drop=True)
+    )[["user_id", *names, "churn_label"]]
+    if len(frame) != len(labels):
+        raise StreamflowError(f"training set for {as_of}: {len(frame)} rows for {len(labels)} labelled users")
+    folder = settings.datasets_dir / as_of.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    path, manifest_path = folder / "training.parquet", folder / "manifest.json"
+    tmp = path.with_suffix(".parquet.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    missing = _missing_mask(frame, names, service)
+    manifest = {
+        "as_of": as_of.isoformat(),
+        "rows": len(frame),
+        "label_rate": round(float(frame["churn_label"].mean()), 6),
+        "feature_service": service.name,
+        "features": names,
+        "label": "churn_label",
+        "rows_with_missing_features": int(missing.any(axis=1).sum()),
+        "content_sha256": content_hash(frame),
+        "path": str(path),
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return DatasetResult(as_of, path, manifest_path, manifest)
+
+
+# ------------------------------------------------------------------------------------------------ online lookup
+
+
+def _null_rules(service) -> dict[str, tuple[str, str]]:
+    """Features whose NULL is a value under a condition, from the ``null_allowed_when: col=value`` field tag."""
+    rules = {}
+    for projection in service.feature_view_projections:
+        for feat in projection.features:
+            rule = (feat.tags or {}).get("null_allowed_when")
+            if rule:
+                column, _, value = rule.partition("=")
+                rules[feat.name] = (column.strip(), value.strip())
+    return rules
+
+
+def _missing_mask(frame: pd.DataFrame, names: Sequence[str], service) -> pd.DataFrame:
+    """True where a feature is missing; a NULL the data contract allows is not missing."""
+    mask = frame[list(names)].isna()
+    for feature, (column, value) in _null_rules(service).items():
+        if feature in mask and column in frame:
+            mask[feature] &= frame[column].astype(object).ne(value).to_numpy()
+    return mask
+
+
+@dataclass
+class LookupResult:
+    """Features for the requested users, in request order (duplicates kept)."""
+
+    user_ids: list[str]
+    features: pd.DataFrame  # one row per requested id, columns = the FeatureService's features
+    missing: dict[str, list[str]]  # user_id -> features that are missing (unknown users: all of them)
+
+    @property
+    def complete(self) -> np.ndarray:
+        return np.array([uid not in self.missing for uid in self.user_ids], dtype=bool)
+
+
+class OnlineFeatures:
+    """Batched online lookups on one FeatureStore, reused across calls (the transformer holds one)."""
+
+    def __init__(self, settings: Settings, store=None) -> None:
+        self.store = store or open_store(settings)
+        self.service = _service(self.store, settings)
+        self.names = feature_names(self.service)
+
+    def lookup(self, user_ids: Sequence[str]) -> LookupResult:
+        """Features of many users in one Feast call.
+
+        Raises:
+            InvalidInput: the list is empty or holds something that is not a non-empty string.
+        """
+        ids = list(user_ids)
+        if not ids:
+            raise InvalidInput("user_id: empty list (give at least one user id)")
+        bad = [u for u in ids if not isinstance(u, str) or not u.strip()]
+        if bad:
+            raise InvalidInput(f"user_id: {bad[0]!r} is not a user id (non-empty string expected)")
+        unique = list(dict.fromkeys(ids))
+        response = self.store.get_online_features(
+            features=self.service, entity_rows=[{"user_id": u} for u in unique]
+        ).to_dict()
+        frame = pd.DataFrame({name: response[name] for name in self.names}, index=unique)
+        mask = _missing_mask(frame, self.names, self.service)
+        missing = {uid: [n for n in self.names if mask.at[uid, n]] for uid in unique if mask.loc[uid].any()}
+        return LookupResult(ids, frame.loc[ids].reset_index(drop=True), missing)
