@@ -113,6 +113,82 @@ def bench_ingest(sizes: list[int]) -> dict:
     }
 
 
+def _child_features(users: str, home: str) -> None:
+    """Runs in a fresh process: one month loaded and materialized, then online lookups and a training-set build."""
+    from datetime import date
+
+    import numpy as np
+
+    from pipelines.config import Settings
+    from pipelines.db import connect
+    from pipelines.features import OnlineFeatures, apply_repo, build_dataset, materialize, open_store
+    from pipelines.ingest import ingest_month
+    from pipelines.snapshot import take_snapshot
+
+    as_of = date(2024, 1, 31)
+    settings = Settings(home=Path(home), db_url=None)
+    db = connect(settings)
+    ingest_month(db, settings, _data(int(users)), as_of)
+    take_snapshot(db, as_of)
+    apply_repo(settings)
+    store = open_store(settings)
+    start = time.perf_counter()
+    build_dataset(settings, db, as_of, store=store)
+    dataset_s = time.perf_counter() - start
+    materialize(settings, db, as_of, store=store)
+    ids = db.query("SELECT user_id FROM labels WHERE as_of = ?", (as_of,))["user_id"].tolist()
+    rng = np.random.default_rng(0)
+    out: dict = {"users": int(users), "dataset_build_s": round(dataset_s, 3)}
+    lookup = OnlineFeatures(settings, store=store)
+    for label in ("default",):
+        for batch, reps in ((1, 300), (1000, 20)):
+            lookup.lookup(list(rng.choice(ids, batch)))  # warm-up
+            times = []
+            for _ in range(reps):
+                chosen = list(rng.choice(ids, batch))
+                t0 = time.perf_counter()
+                result = lookup.lookup(chosen)
+                times.append((time.perf_counter() - t0) * 1000)
+                assert not result.missing
+            out[f"{label}_{batch}_p50_ms"] = round(float(np.percentile(times, 50)), 2)
+            out[f"{label}_{batch}_p99_ms"] = round(float(np.percentile(times, 99)), 2)
+    db.close()
+    print(json.dumps(out))
+
+
+def bench_features(sizes: list[int]) -> dict:
+    rows = []
+    for users in sizes:
+        _data(users)
+        home = WORK / f"home-features-{users}"
+        shutil.rmtree(home, ignore_errors=True)
+        out, _, peak = run_child([sys.executable, __file__, "_child-features", str(users), str(home)])
+        row = json.loads(out.strip().splitlines()[-1]) | {"peak_rss_mib": round(peak)}
+        rows.append(row)
+        print(f"features {users:>9,} users: {row}", flush=True)
+        shutil.rmtree(home, ignore_errors=True)
+    return {
+        "name": "features",
+        "backend": "embedded (Feast local offline store on parquet, SQLite online store)",
+        "what": "training-set build (get_historical_features + labels, parquet + manifest) and online lookups "
+        "through OnlineFeatures.lookup (one Feast get_online_features call per batch), in-process",
+        "results": rows,
+    }
+
+
+def _features_table(result: dict) -> str:
+    lines = [
+        "| users | training set build (s) | lookup 1 user p50 / p99 (ms) | lookup 1,000 users p50 / p99 (ms) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in result["results"]:
+        lines.append(
+            f"| {r['users']:,} | {r['dataset_build_s']} | {r['default_1_p50_ms']} / {r['default_1_p99_ms']} | "
+            f"{r['default_1000_p50_ms']} / {r['default_1000_p99_ms']} |"
+        )
+    return "\n".join(lines)
+
+
 def _machine() -> dict:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
 
@@ -138,7 +214,10 @@ def _update_readme(name: str, table: str) -> None:
         readme.write_text(pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text))
 
 
-BENCHES = {"ingest": (bench_ingest, _readme_table, [7043, 100_000, 1_000_000])}
+BENCHES = {
+    "ingest": (bench_ingest, _readme_table, [7043, 100_000, 1_000_000]),
+    "features": (bench_features, _features_table, [7043, 100_000]),
+}
 
 
 def _write(name: str, result: dict) -> None:
@@ -149,6 +228,9 @@ def _write(name: str, result: dict) -> None:
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "_child-ingest":
         _child_ingest(sys.argv[2], sys.argv[3])
+        return
+    if len(sys.argv) == 4 and sys.argv[1] == "_child-features":
+        _child_features(sys.argv[2], sys.argv[3])
         return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=sorted(BENCHES), action="append")

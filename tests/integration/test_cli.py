@@ -60,6 +60,15 @@ def test_generate_ingest_snapshot_status_with_json(
     human = run(home, "status", db_url=db_url, check=True)
     assert "subscriptions_profile_snapshots" in human.stdout and "250" in human.stdout
 
+    applied = one_json(run(home, "features", "apply", "--json", db_url=db_url, check=True))
+    assert applied["feature_services"] == ["churn_features"] and applied["feature_count"] == 14
+    materialized = one_json(
+        run(home, "features", "materialize", "--as-of", "2024-01-31", "--json", db_url=db_url, check=True)
+    )
+    assert materialized["skipped"] is None and len(materialized["feature_views"]) == 4
+    dataset = one_json(run(home, "dataset", "build", "--as-of", "2024-01-31", "--json", db_url=db_url, check=True))
+    assert dataset["rows"] == 250 and 0 < dataset["label_rate"] < 1
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -69,6 +78,8 @@ def test_generate_ingest_snapshot_status_with_json(
         (["ingest", "{tmp}/data/month_000", "--as-of", "31/01/2024"], "as_of '31/01/2024' is not a date"),
         (["snapshot", "--as-of", "2024-02-29"], "no ingested month has as_of 2024-02-29"),
         (["snapshot", "--as-of", "soon"], "as_of 'soon' is not a date"),
+        (["dataset", "build", "--as-of", "2024-01-31"], "no snapshot for as_of 2024-01-31"),
+        (["features", "materialize", "--as-of", "2024-13-01"], "as_of '2024-13-01' is not a date"),
         (["data", "generate", "--out", "{tmp}/x", "--drift", "colour=0.3"], "colour"),
     ],
 )
