@@ -83,6 +83,14 @@ def _progress(total: int, label: str, enabled: bool) -> Iterator[Callable[..., N
         yield lambda *_: bar.advance(task)
 
 
+@contextmanager
+def _database(ctx: typer.Context) -> Iterator[Any]:
+    """The settings' database, opened for one command and closed after it."""
+
+    with _database(ctx) as db:
+        yield db
+
+
 @app.callback()
 def _root(ctx: typer.Context) -> None:
     """Read the settings once (``STREAMFLOW_*`` environment variables) and pass them to every command."""
@@ -159,7 +167,6 @@ def ingest(
     as_json: bool = JsonOption,
 ) -> dict[str, Any]:
     """Validate a month folder and load it; bad rows are quarantined, never lost."""
-    from pipelines.db import connect
     from pipelines.ingest import check_month_dir, ingest_month
     from pipelines.months import infer_as_of, parse_as_of
     from pipelines.tables import RAW_TABLES
@@ -168,12 +175,9 @@ def ingest(
     given = parse_as_of(as_of) if as_of is not None else None
     check_month_dir(month_dir)
     when = given or infer_as_of(month_dir)
-    db = connect(settings)
-    try:
+    with _database(ctx) as db:
         with _progress(len(RAW_TABLES), f"validating {month_dir.name}", not as_json) as tick:
             result = ingest_month(db, settings, month_dir, when, progress=tick)
-    finally:
-        db.close()
     if not as_json:
         table = RichTable("table", "input", "loaded", "quarantined", title=f"ingested {month_dir} (as_of {when})")
         for name, c in result.tables.items():
@@ -192,16 +196,12 @@ def snapshot(
     as_json: bool = JsonOption,
 ) -> dict[str, Any]:
     """Freeze an ingested month into the four *_snapshots tables."""
-    from pipelines.db import connect
     from pipelines.months import parse_as_of
     from pipelines.snapshot import take_snapshot
 
     when = parse_as_of(as_of)
-    db = connect(_settings(ctx))
-    try:
+    with _database(ctx) as db:
         result = take_snapshot(db, when)
-    finally:
-        db.close()
     if not as_json:
         table = RichTable("snapshot table", "rows", title=f"snapshot as_of {when}")
         for name, rows in result.rows.items():
@@ -233,17 +233,13 @@ def features_materialize(
     as_json: bool = JsonOption,
 ) -> dict[str, Any]:
     """Load the snapshot of an as_of into the online store (incremental, idempotent)."""
-    from pipelines.db import connect
     from pipelines.features import materialize
     from pipelines.months import parse_as_of
 
     when = parse_as_of(as_of)
     settings = _settings(ctx)
-    db = connect(settings)
-    try:
+    with _database(ctx) as db:
         result = materialize(settings, db, when)
-    finally:
-        db.close()
     if not as_json:
         _out.print(result.skipped or f"materialized as_of {when}: {', '.join(result.feature_views)}")
     return result.to_json()
@@ -257,17 +253,13 @@ def dataset_build(
     as_json: bool = JsonOption,
 ) -> dict[str, Any]:
     """Build the training set of an as_of (parquet + JSON manifest)."""
-    from pipelines.db import connect
     from pipelines.features import build_dataset
     from pipelines.months import parse_as_of
 
     when = parse_as_of(as_of)
     settings = _settings(ctx)
-    db = connect(settings)
-    try:
+    with _database(ctx) as db:
         result = build_dataset(settings, db, when)
-    finally:
-        db.close()
     if not as_json:
         m = result.manifest
         _out.print(
@@ -281,15 +273,11 @@ def dataset_build(
 @command
 def status(ctx: typer.Context, as_json: bool = JsonOption) -> dict[str, Any]:
     """Rows per table and as_of, quarantined rows, and snapshot counts."""
-    from pipelines.db import connect
     from pipelines.status import collect_status
 
     settings = _settings(ctx)
-    db = connect(settings)
-    try:
+    with _database(ctx) as db:
         state = collect_status(db)
-    finally:
-        db.close()
     if not as_json:
         _print_status(state, settings)
     return state
