@@ -86,9 +86,13 @@ def _progress(total: int, label: str, enabled: bool) -> Iterator[Callable[..., N
 @contextmanager
 def _database(ctx: typer.Context) -> Iterator[Any]:
     """The settings' database, opened for one command and closed after it."""
+    from pipelines.db import connect
 
-    with _database(ctx) as db:
+    db = connect(_settings(ctx))
+    try:
         yield db
+    finally:
+        db.close()
 
 
 @app.callback()
