@@ -19,7 +19,7 @@ help:
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
 	$(PYTHON) -m uv venv -q --allow-existing --python $(PYTHON) $(VENV)
-	$(PYTHON) -m uv pip install -q --python $(PY) -r requirements.lock
+	$(PYTHON) -m uv pip install -q --compile-bytecode --python $(PY) -r requirements.lock
 	$(PYTHON) -m uv pip install -q --python $(PY) --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,9 @@ def command(fn: Callable[..., dict[str, Any]]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         as_json = kwargs.get("as_json", False)
         try:
-            payload = fn(*args, **kwargs)
+            # libraries (Feast, MLflow) print progress on stdout: with --json, stdout holds the one JSON object only
+            with redirect_stdout(sys.stderr) if as_json else nullcontext():
+                payload = fn(*args, **kwargs)
         except StreamflowError as err:
             _fail(str(err), err.exit_code, as_json)
         except OSError as err:
@@ -271,6 +273,60 @@ def dataset_build(
             f"{len(m['features'])} features from {m['feature_service']} -> {result.path}"
         )
     return result.to_json()
+
+
+@app.command()
+@command
+def train(
+    ctx: typer.Context,
+    as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of a snapshot with labels."),
+    model: str | None = typer.Option(None, "--model", help="hgb (default), rf (course baseline) or logreg."),
+    seed: int | None = typer.Option(None, "--seed", help="Split and model seed (default STREAMFLOW_SEED)."),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """Train on an as_of, log the run in MLflow, register a new 'challenger' version."""
+    from pipelines.months import parse_as_of
+    from pipelines.train import train as train_model
+
+    when = parse_as_of(as_of)
+    with _database(ctx) as db:
+        result = train_model(_settings(ctx), db, when, kind=model, seed=seed)
+    if not as_json:
+        m = result.metrics
+        _out.print(
+            f"trained {result.model} on {when}: ROC AUC {m['roc_auc']:.4f}, F1 {m['f1']:.4f}, accuracy "
+            f"{m['accuracy']:.4f} (threshold {result.threshold:.3f}); run {result.run_id}, "
+            f"streamflow_churn version {result.model_version} (alias challenger)"
+        )
+    return result.to_json()
+
+
+@app.command()
+@command
+def promote(
+    ctx: typer.Context,
+    rollback: bool = typer.Option(False, "--rollback", help="Restore the previous champion."),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """The gate: promote the challenger to 'production' only if it beats the champion."""
+    from pipelines.train import promote as run_gate
+
+    with _database(ctx) as db:
+        result = run_gate(_settings(ctx), db, rollback=rollback)
+    if not as_json:
+        _out.print(_gate_line(result))
+    return result.to_json()
+
+
+def _gate_line(result: Any) -> str:
+    if result.decision == "rolled_back":
+        return f"rolled back: production is version {result.production_version} again (was {result.champion_version})"
+    champion = "none" if result.champion_auc is None else f"{result.champion_auc:.4f} (v{result.champion_version})"
+    return (
+        f"gate {result.decision.upper()}: challenger v{result.challenger_version} AUC {result.challenger_auc:.4f} vs "
+        f"champion {champion} on the held-out rows of {result.evaluated_on} (margin {result.margin:g}); "
+        f"production = v{result.production_version}"
+    )
 
 
 @app.command()

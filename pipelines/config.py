@@ -43,9 +43,19 @@ class Settings(BaseSettings):
         description="The Feast repo (definitions + feature_store*.yaml).",
     )
     feature_service: str = Field(default="churn_features", description="The FeatureService the model reads.")
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking + registry URI; empty: SQLite under STREAMFLOW_HOME (embedded) or the "
+        "Postgres database (Postgres mode). An http://… URI names a tracking server.",
+    )
+    model_kind: str = Field(default="hgb", description="Default model of `streamflow train` (hgb, rf, logreg).")
+    seed: int = Field(default=42, description="Seed of the train/validation split and of the model.")
+    promotion_min_auc_gain: float = Field(
+        default=0.002, description="A challenger must beat the champion's ROC AUC by at least this to be promoted."
+    )
     log_level: str = Field(default="WARNING", description="Python logging level of the CLI (logs go to stderr).")
 
-    @field_validator("db_url", mode="before")
+    @field_validator("db_url", "mlflow_tracking_uri", mode="before")
     @classmethod
     def _blank_is_default(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -64,6 +74,20 @@ class Settings(BaseSettings):
     def snapshot_dir(self) -> Path:
         """Embedded mode: one parquet file per snapshot table and as_of (see docs/architecture.md)."""
         return self.home / "snapshots"
+
+    @property
+    def tracking_uri(self) -> str:
+        """Where MLflow tracks runs and keeps the registry."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        if self.is_postgres:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Local artifact store when MLflow is not a server."""
+        return self.home / "mlartifacts"
 
     @property
     def datasets_dir(self) -> Path:

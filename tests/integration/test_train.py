@@ -1,0 +1,244 @@
+"""Training, tracking and the promotion gate against real MLflow: the embedded SQLite store, the Postgres
+backend, and a real `mlflow server` process on loopback. No mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.config import Settings
+from pipelines.db import connect
+from pipelines.errors import InvalidInput, NotFound, StreamflowError
+from pipelines.features import apply_repo, build_dataset, open_store
+from pipelines.ingest import ingest_month
+from pipelines.snapshot import take_snapshot
+from pipelines.train import MODEL_NAME, promote, train
+from tests.conftest import free_port
+from tests.integration.test_ingest import FEB, JAN
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ready(settings: Settings, months_dir: Path):
+    """Two months ingested and snapshotted, the Feast repo applied; yields (settings, db, store)."""
+    db = connect(settings)
+    for index, as_of in ((0, JAN), (1, FEB)):
+        ingest_month(db, settings, months_dir / f"month_{index:03d}", as_of)
+        take_snapshot(db, as_of)
+    apply_repo(settings)
+    yield settings, db, open_store(settings)
+    db.close()
+
+
+def training_frame(settings: Settings, db, store, as_of) -> pd.DataFrame:
+    return pd.read_parquet(build_dataset(settings, db, as_of, store=store).path)
+
+
+def shuffled(frame: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
+    """The same rows with labels shuffled: a model trained on it has learnt nothing."""
+    out = frame.copy()
+    out["churn_label"] = out["churn_label"].sample(frac=1, random_state=seed).to_numpy()
+    return out
+
+
+def registry(uri: str) -> MlflowClient:
+    # registry_uri too: left out, MlflowClient falls back to the process-wide registry URI of an earlier test
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def aliases(client: MlflowClient) -> dict[str, str]:
+    return {k: str(v) for k, v in client.get_registered_model(MODEL_NAME).aliases.items()}
+
+
+def test_first_model_is_promoted_with_full_lineage(ready) -> None:
+    settings, db, store = ready
+    result = train(settings, db, JAN, store=store)
+    client = registry(settings.tracking_uri)
+    assert aliases(client) == {"challenger": result.model_version}
+    gate = promote(settings, db, store=store)
+    assert gate.decision == "promoted" and gate.champion_auc is None
+    assert aliases(client) == {"production": result.model_version}
+
+    run = client.get_run(result.run_id)
+    params = run.data.params
+    for key in ("as_of", "feature_service", "rows", "label_rate", "training_set_sha256", "git_commit",
+                "lock_sha256", "seed", "threshold", "model_kind", "clf__max_iter"):  # fmt: skip
+        assert params.get(key) not in (None, "", "unknown"), key
+    assert params["as_of"] == "2024-01-31" and params["feature_service"] == "churn_features"
+    manifest = json.loads(build_dataset(settings, db, JAN, store=store).manifest_path.read_text())
+    assert params["training_set_sha256"] == manifest["content_sha256"] and int(params["rows"]) == manifest["rows"]
+    assert 0 < float(params["threshold"]) < 1 and float(params["threshold"]) != 0.5
+    for key in ("roc_auc", "f1", "accuracy", "precision", "recall", "train_seconds"):
+        assert key in run.data.metrics
+    assert 0.5 < run.data.metrics["roc_auc"] <= 1
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"feature_schema.json", "confusion_matrix.png", "roc_curve.png", "dataset"} <= artifacts
+    schema = json.loads(Path(client.download_artifacts(result.run_id, "feature_schema.json")).read_text())
+    assert len(schema["features"]) == 14 and schema["feature_service"] == "churn_features"
+
+    version = client.get_model_version(MODEL_NAME, result.model_version)
+    assert version.tags["as_of"] == "2024-01-31" and version.tags["gate.decision"] == "promoted"
+    model = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}@production")
+    frame = training_frame(settings, db, store, JAN)
+    proba = model.predict_proba(frame[schema["features"]].head(3))[:, 1]
+    assert ((proba >= 0) & (proba <= 1)).all()
+
+
+def test_gate_promotes_better_refuses_worse_and_rollback_restores(ready) -> None:
+    settings, db, store = ready
+    client = registry(settings.tracking_uri)
+    jan = training_frame(settings, db, store, JAN)
+    weak = train(settings, db, JAN, frame=shuffled(jan), store=store)
+    assert promote(settings, db, store=store).decision == "promoted"  # the first model ever
+
+    strong = train(settings, db, FEB, store=store)
+    gate = promote(settings, db, store=store)
+    assert gate.decision == "promoted" and gate.evaluated_on == "2024-02-29"
+    assert gate.challenger_auc >= gate.champion_auc + settings.promotion_min_auc_gain
+    assert aliases(client) == {"production": strong.model_version, "previous": weak.model_version}
+
+    worse = train(settings, db, FEB, frame=shuffled(training_frame(settings, db, store, FEB), seed=3), store=store)
+    gate = promote(settings, db, store=store)
+    assert gate.decision == "rejected" and gate.challenger_auc < gate.champion_auc
+    assert aliases(client) == {
+        "production": strong.model_version,
+        "previous": weak.model_version,
+        "challenger": worse.model_version,
+    }
+    tags = client.get_model_version(MODEL_NAME, worse.model_version).tags
+    assert tags["gate.decision"] == "rejected" and float(tags["gate.champion_auc"]) == pytest.approx(gate.champion_auc)
+
+    back = promote(settings, db, rollback=True, store=store)
+    assert back.decision == "rolled_back" and back.production_version == weak.model_version
+    assert aliases(client)["production"] == weak.model_version and "previous" not in aliases(client)
+    with pytest.raises(NotFound, match="nothing to roll back to"):
+        promote(settings, db, rollback=True, store=store)
+
+
+def test_same_data_and_seed_give_the_same_metrics(ready) -> None:
+    settings, db, store = ready
+    first = train(settings, db, JAN, store=store)
+    second = train(settings, db, JAN, store=store)
+    assert first.metrics == second.metrics and first.threshold == second.threshold
+    assert first.model_version != second.model_version
+    other = train(settings, db, JAN, seed=7, store=store)
+    assert other.metrics != first.metrics
+
+
+def test_course_baseline_and_logreg_train_too(ready) -> None:
+    settings, db, store = ready
+    for kind in ("rf", "logreg"):
+        result = train(settings, db, JAN, kind=kind, store=store)
+        assert result.model == kind and 0.5 < result.metrics["roc_auc"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.iloc[0:0], "no rows"),
+        (lambda f: f.assign(churn_label=0), "single class"),
+        (lambda f: f.drop(columns=["churn_label"]), "label column 'churn_label' is missing"),
+        (lambda f: f.assign(watch_hours_30d=None), "NULL in every row: watch_hours_30d"),
+    ],
+)
+def test_bad_training_sets_are_refused_before_anything_is_logged(ready, change, message) -> None:
+    settings, db, store = ready
+    frame = change(training_frame(settings, db, store, JAN))
+    with pytest.raises(InvalidInput, match=message):
+        train(settings, db, JAN, frame=frame, store=store)
+    client = registry(settings.tracking_uri)
+    assert client.search_model_versions(f"name = '{MODEL_NAME}'") == []
+
+
+def test_unreachable_registry_is_a_clear_error_and_registers_nothing(ready) -> None:
+    settings, db, store = ready
+    away = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    started = time.monotonic()
+    with pytest.raises(StreamflowError, match="MLflow registry unreachable at http://127.0.0.1"):
+        train(away, db, JAN, store=store)
+    assert time.monotonic() - started < 60
+    assert registry(settings.tracking_uri).search_registered_models() == []
+
+
+def test_as_of_without_snapshot(ready) -> None:
+    settings, db, store = ready
+    with pytest.raises(NotFound, match="no snapshot for as_of 2024-03-31"):
+        train(settings, db, pd.Timestamp("2024-03-31").date(), store=store)
+    with pytest.raises(NotFound, match="no 'challenger' version"):
+        promote(settings, db, store=store)
+
+
+@pytest.fixture
+def mlflow_server(settings: Settings, tmp_path: Path):
+    """A real `mlflow server` on a free loopback port; its backend is Postgres in Postgres mode."""
+    port = free_port()
+    backend = settings.database_url if settings.is_postgres else f"sqlite:///{tmp_path / 'server.db'}"
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "server-artifacts"),
+        "--workers", "1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not answer /health within 120 s")
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def test_against_a_real_tracking_server(ready, mlflow_server: str) -> None:
+    settings, db, store = ready
+    remote = settings.model_copy(update={"mlflow_tracking_uri": mlflow_server})
+    first = train(remote, db, JAN, store=store)
+    assert promote(remote, db, store=store).decision == "promoted"
+    second = train(remote, db, FEB, store=store)
+    gate = promote(remote, db, store=store)
+    assert gate.challenger_version == second.model_version and gate.champion_version == first.model_version
+    client = registry(mlflow_server)
+    assert client.get_model_version_by_alias(MODEL_NAME, "production").version == gate.production_version
+    assert {"confusion_matrix.png", "model"} <= {a.path for a in client.list_artifacts(first.run_id)} | {"model"}
+
+
+def test_cli_train_and_promote_json(tmp_path: Path, months_dir: Path) -> None:
+    env = {**os.environ, "STREAMFLOW_HOME": str(tmp_path / "home"), "STREAMFLOW_DB_URL": ""}
+    streamflow = str(Path(sys.executable).parent / "streamflow")
+
+    def run(*args: str) -> dict:
+        proc = subprocess.run([streamflow, *args, "--json"], env=env, capture_output=True, text=True, timeout=600)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        assert len(lines) == 1, (proc.stdout, proc.stderr[-2000:])
+        return json.loads(lines[0]) | {"_code": proc.returncode}
+
+    shutil.copytree(months_dir / "month_000", tmp_path / "month_000")
+    assert run("ingest", str(tmp_path / "month_000"))["_code"] == 0
+    assert run("snapshot", "--as-of", "2024-01-31")["_code"] == 0
+    assert run("features", "apply")["_code"] == 0
+    trained = run("train", "--as-of", "2024-01-31")
+    assert trained["_code"] == 0 and trained["model_version"] == "1" and 0.5 < trained["auc"] <= 1 and trained["run_id"]
+    gate = run("promote")
+    assert gate["decision"] == "promoted" and gate["challenger_auc"] > 0.5 and gate["champion_auc"] is None
+    assert run("promote", "--rollback")["_code"] == 2
