@@ -189,6 +189,97 @@ def _features_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _child_models(users: str, home: str) -> None:
+    """Runs in a fresh process: the candidate models on the same training set; AUC and predict latency."""
+    from datetime import date
+
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.config import Settings
+    from pipelines.db import connect
+    from pipelines.features import apply_repo, build_dataset, feature_names, open_store
+    from pipelines.ingest import ingest_month
+    from pipelines.snapshot import take_snapshot
+    from pipelines.train import MODEL_KINDS, fit_and_score
+
+    as_of = date(2024, 1, 31)
+    settings = Settings(home=Path(home), db_url=None)
+    db = connect(settings)
+    ingest_month(db, settings, _data(int(users)), as_of)
+    take_snapshot(db, as_of)
+    apply_repo(settings)
+    store = open_store(settings)
+    frame = pd.read_parquet(build_dataset(settings, db, as_of, store=store).path)
+    features = feature_names(store.get_feature_service(settings.feature_service))
+    rows = []
+    for kind in MODEL_KINDS:
+        pipeline, _, valid, _, threshold, metrics, seconds = fit_and_score(frame, features, kind, settings.seed)
+        one = valid[features].head(1)
+        batch = valid[features].head(1000)
+        for _ in range(20):
+            pipeline.predict_proba(one)
+        single = []
+        for i in range(300):
+            row = valid[features].iloc[[i % len(valid)]]
+            t0 = time.perf_counter()
+            pipeline.predict_proba(row)
+            single.append((time.perf_counter() - t0) * 1000)
+        batched = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            pipeline.predict_proba(batch)
+            batched.append((time.perf_counter() - t0) * 1000)
+        rows.append(
+            {
+                "model": kind,
+                "roc_auc": round(metrics["roc_auc"], 4),
+                "f1": round(metrics["f1"], 4),
+                "accuracy": round(metrics["accuracy"], 4),
+                "threshold": round(threshold, 4),
+                "train_s": round(seconds, 2),
+                "predict_1_row_p50_ms": round(float(np.percentile(single, 50)), 2),
+                "predict_1_row_p99_ms": round(float(np.percentile(single, 99)), 2),
+                "predict_1000_rows_p50_ms": round(float(np.percentile(batched, 50)), 2),
+            }
+        )
+    db.close()
+    print(json.dumps({"users": int(users), "rows": len(frame), "models": rows}))
+
+
+def bench_models(sizes: list[int]) -> dict:
+    results = []
+    for users in sizes:
+        _data(users)
+        home = WORK / f"home-models-{users}"
+        shutil.rmtree(home, ignore_errors=True)
+        out, _, _ = run_child([sys.executable, __file__, "_child-models", str(users), str(home)])
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"models {users:>9,} users: {results[-1]}", flush=True)
+        shutil.rmtree(home, ignore_errors=True)
+    return {
+        "name": "models",
+        "what": "candidate models on the as_of 2024-01-31 training set (80/20 stratified split, seed 42): "
+        "validation metrics at the F1-optimal threshold, fit time, predict_proba latency on a 1-row DataFrame "
+        "and on 1,000 rows, in-process, default threads",
+        "results": results,
+    }
+
+
+def _models_table(result: dict) -> str:
+    lines = [
+        "| users | model | ROC AUC | F1 | accuracy | fit (s) | predict 1 row p50 / p99 (ms) | 1,000 rows (ms) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["results"]:
+        for m in r["models"]:
+            lines.append(
+                f"| {r['users']:,} | {m['model']} | {m['roc_auc']} | {m['f1']} | {m['accuracy']} | {m['train_s']} | "
+                f"{m['predict_1_row_p50_ms']} / {m['predict_1_row_p99_ms']} | {m['predict_1000_rows_p50_ms']} |"
+            )
+    return "\n".join(lines)
+
+
 def _machine() -> dict:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
 
@@ -217,6 +308,7 @@ def _update_readme(name: str, table: str) -> None:
 BENCHES = {
     "ingest": (bench_ingest, _readme_table, [7043, 100_000, 1_000_000]),
     "features": (bench_features, _features_table, [7043, 100_000]),
+    "models": (bench_models, _models_table, [7043, 100_000]),
 }
 
 
@@ -228,6 +320,9 @@ def _write(name: str, result: dict) -> None:
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "_child-ingest":
         _child_ingest(sys.argv[2], sys.argv[3])
+        return
+    if len(sys.argv) == 4 and sys.argv[1] == "_child-models":
+        _child_models(sys.argv[2], sys.argv[3])
         return
     if len(sys.argv) == 4 and sys.argv[1] == "_child-features":
         _child_features(sys.argv[2], sys.argv[3])

@@ -384,6 +384,10 @@ def demo(
     if not as_json:
         _print_status(state, settings)
         _out.print(f"state: {settings.home.resolve()}  (inspect it with `streamflow status`)")
+        _out.print(
+            f"MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {settings.tracking_uri} "
+            "--port 5000"
+        )
     return state
 
 

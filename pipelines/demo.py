@@ -13,11 +13,13 @@ from pipelines.ingest import ingest_month
 from pipelines.months import infer_as_of
 from pipelines.snapshot import take_snapshot
 from pipelines.status import collect_status
+from pipelines.train import promote, train
 
 
 def run_demo(settings: Settings, *, users: int, months: int, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Generate ``months`` month folders under ``STREAMFLOW_HOME/data``, ingest and snapshot each, apply the Feast
-    repo, materialize the newest snapshot online and build the first month's training set.
+    repo, materialize the newest snapshot online, build the first month's training set, train on it and run the
+    promotion gate (the first model becomes ``production``).
 
     Returns:
         The stored state (:func:`pipelines.status.collect_status`) after the run, plus the training set summary.
@@ -48,6 +50,22 @@ def run_demo(settings: Settings, *, users: int, months: int, seed: int, log: Cal
             f"training set as_of {first}: {dataset.manifest['rows']:,} rows, "
             f"label rate {dataset.manifest['label_rate']:.1%} -> {dataset.path}"
         )
-        return collect_status(db) | {"training_set": dataset.to_json()}
+        trained = train(settings, db, first, store=store)
+        m = trained.metrics
+        log(
+            f"trained {trained.model} on {first}: ROC AUC {m['roc_auc']:.4f}, F1 {m['f1']:.4f}, "
+            f"accuracy {m['accuracy']:.4f}; MLflow run {trained.run_id}, version {trained.model_version}"
+        )
+        gate = promote(settings, db, store=store)
+        champion = "none" if gate.champion_auc is None else f"{gate.champion_auc:.4f}"
+        log(
+            f"gate {gate.decision}: challenger AUC {gate.challenger_auc:.4f} vs champion {champion}; "
+            f"production = version {gate.production_version}"
+        )
+        return collect_status(db) | {
+            "training_set": dataset.to_json(),
+            "train": trained.to_json(),
+            "promote": gate.to_json(),
+        }
     finally:
         db.close()
