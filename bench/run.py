@@ -113,15 +113,13 @@ def bench_ingest(sizes: list[int]) -> dict:
     }
 
 
-def _child_features(users: str, home: str) -> None:
-    """Runs in a fresh process: one month loaded and materialized, then online lookups and a training-set build."""
+def _prepared(users: str, home: str):
+    """One generated month ingested, snapshotted and applied in Feast; returns (settings, db, store, as_of)."""
     from datetime import date
-
-    import numpy as np
 
     from pipelines.config import Settings
     from pipelines.db import connect
-    from pipelines.features import OnlineFeatures, apply_repo, build_dataset, materialize, open_store
+    from pipelines.features import apply_repo, open_store
     from pipelines.ingest import ingest_month
     from pipelines.snapshot import take_snapshot
 
@@ -131,7 +129,16 @@ def _child_features(users: str, home: str) -> None:
     ingest_month(db, settings, _data(int(users)), as_of)
     take_snapshot(db, as_of)
     apply_repo(settings)
-    store = open_store(settings)
+    return settings, db, open_store(settings), as_of
+
+
+def _child_features(users: str, home: str) -> None:
+    """Runs in a fresh process: one month loaded and materialized, then online lookups and a training-set build."""
+    import numpy as np
+
+    from pipelines.features import OnlineFeatures, build_dataset, materialize
+
+    settings, db, store, as_of = _prepared(users, home)
     start = time.perf_counter()
     build_dataset(settings, db, as_of, store=store)
     dataset_s = time.perf_counter() - start
@@ -140,18 +147,17 @@ def _child_features(users: str, home: str) -> None:
     rng = np.random.default_rng(0)
     out: dict = {"users": int(users), "dataset_build_s": round(dataset_s, 3)}
     lookup = OnlineFeatures(settings, store=store)
-    for label in ("default",):
-        for batch, reps in ((1, 300), (1000, 20)):
-            lookup.lookup(list(rng.choice(ids, batch)))  # warm-up
-            times = []
-            for _ in range(reps):
-                chosen = list(rng.choice(ids, batch))
-                t0 = time.perf_counter()
-                result = lookup.lookup(chosen)
-                times.append((time.perf_counter() - t0) * 1000)
-                assert not result.missing
-            out[f"{label}_{batch}_p50_ms"] = round(float(np.percentile(times, 50)), 2)
-            out[f"{label}_{batch}_p99_ms"] = round(float(np.percentile(times, 99)), 2)
+    for batch, reps in ((1, 300), (1000, 20)):
+        lookup.lookup(list(rng.choice(ids, batch)))  # warm-up
+        times = []
+        for _ in range(reps):
+            chosen = list(rng.choice(ids, batch))
+            t0 = time.perf_counter()
+            result = lookup.lookup(chosen)
+            times.append((time.perf_counter() - t0) * 1000)
+            assert not result.missing
+        out[f"default_{batch}_p50_ms"] = round(float(np.percentile(times, 50)), 2)
+        out[f"default_{batch}_p99_ms"] = round(float(np.percentile(times, 99)), 2)
     db.close()
     print(json.dumps(out))
 
@@ -191,25 +197,13 @@ def _features_table(result: dict) -> str:
 
 def _child_models(users: str, home: str) -> None:
     """Runs in a fresh process: the candidate models on the same training set; AUC and predict latency."""
-    from datetime import date
-
     import numpy as np
     import pandas as pd
 
-    from pipelines.config import Settings
-    from pipelines.db import connect
-    from pipelines.features import apply_repo, build_dataset, feature_names, open_store
-    from pipelines.ingest import ingest_month
-    from pipelines.snapshot import take_snapshot
+    from pipelines.features import build_dataset, feature_names
     from pipelines.train import MODEL_KINDS, fit_and_score
 
-    as_of = date(2024, 1, 31)
-    settings = Settings(home=Path(home), db_url=None)
-    db = connect(settings)
-    ingest_month(db, settings, _data(int(users)), as_of)
-    take_snapshot(db, as_of)
-    apply_repo(settings)
-    store = open_store(settings)
+    settings, db, store, as_of = _prepared(users, home)
     frame = pd.read_parquet(build_dataset(settings, db, as_of, store=store).path)
     features = feature_names(store.get_feature_service(settings.feature_service))
     rows = []

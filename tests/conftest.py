@@ -148,3 +148,22 @@ def months_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("months")
     generate(out, users=300, months=2, seed=7)
     return out
+
+
+@pytest.fixture
+def applied(settings: Settings, months_dir: Path):
+    """Two months ingested and snapshotted and the Feast repo applied, on both backends; yields (settings, db)."""
+    from pipelines.db import connect
+    from pipelines.features import apply_repo
+    from pipelines.ingest import ingest_month
+    from pipelines.months import as_of_for_index
+    from pipelines.snapshot import take_snapshot
+
+    db = connect(settings)
+    for index in (0, 1):
+        as_of = as_of_for_index(index)
+        ingest_month(db, settings, months_dir / f"month_{index:03d}", as_of)
+        take_snapshot(db, as_of)
+    apply_repo(settings)
+    yield settings, db
+    db.close()

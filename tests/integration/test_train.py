@@ -18,11 +18,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.config import Settings
-from pipelines.db import connect
 from pipelines.errors import InvalidInput, NotFound, StreamflowError
-from pipelines.features import apply_repo, build_dataset, open_store
-from pipelines.ingest import ingest_month
-from pipelines.snapshot import take_snapshot
+from pipelines.features import build_dataset, open_store
 from pipelines.train import MODEL_NAME, promote, train
 from tests.conftest import free_port
 from tests.integration.test_ingest import FEB, JAN
@@ -31,15 +28,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def ready(settings: Settings, months_dir: Path):
-    """Two months ingested and snapshotted, the Feast repo applied; yields (settings, db, store)."""
-    db = connect(settings)
-    for index, as_of in ((0, JAN), (1, FEB)):
-        ingest_month(db, settings, months_dir / f"month_{index:03d}", as_of)
-        take_snapshot(db, as_of)
-    apply_repo(settings)
-    yield settings, db, open_store(settings)
-    db.close()
+def ready(applied):
+    """The `applied` state plus one reused FeatureStore; yields (settings, db, store)."""
+    settings, db = applied
+    return settings, db, open_store(settings)
 
 
 def training_frame(settings: Settings, db, store, as_of) -> pd.DataFrame:
