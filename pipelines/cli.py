@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,8 @@ app.add_typer(dataset_app, name="dataset")
 
 JsonOption = typer.Option(False, "--json", help="Print exactly one JSON object on stdout instead of the summary.")
 
-_out = Console()
+# bound to the real stdout: library output is redirected to stderr while a command runs (see `command`)
+_out = Console(file=sys.stdout)
 _err = Console(stderr=True)
 
 
@@ -54,8 +57,8 @@ def command(fn: Callable[..., dict[str, Any]]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         as_json = kwargs.get("as_json", False)
         try:
-            # libraries (Feast, MLflow) print progress on stdout: with --json, stdout holds the one JSON object only
-            with redirect_stdout(sys.stderr) if as_json else nullcontext():
+            # libraries (Feast, MLflow) print progress on stdout; stdout holds our summary or the one JSON object
+            with redirect_stdout(sys.stderr):
                 payload = fn(*args, **kwargs)
         except StreamflowError as err:
             _fail(str(err), err.exit_code, as_json)
@@ -101,11 +104,13 @@ def _database(ctx: typer.Context) -> Iterator[Any]:
 def _root(ctx: typer.Context) -> None:
     """Read the settings once (``STREAMFLOW_*`` environment variables) and pass them to every command."""
     settings = _settings(ctx)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.getLevelName(settings.log_level.upper())
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not isinstance(level, int) or level > logging.INFO:
+        # third-party deprecation hints and MLflow's own INFO/WARNING chatter are noise in a summary;
+        # STREAMFLOW_LOG_LEVEL=INFO shows them again
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+        warnings.filterwarnings("ignore", module=r"(mlflow|sqlalchemy|dask|feast|alembic)(\.|$)")
 
 
 # ------------------------------------------------------------------------------------------------ data generate

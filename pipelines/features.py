@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
@@ -182,7 +183,10 @@ def materialize(settings: Settings, db: Database, as_of: date, store=None) -> Ma
         held = (newest.astimezone(UTC) - timedelta(days=1)).date()
         skipped = f"online store already holds a newer as_of ({held}); nothing done"
         return MaterializeResult(as_of, [], skipped=skipped)
-    with redirect_stdout(sys.stderr):  # Feast prints progress; stdout belongs to the CLI's summary or JSON
+    # Feast prints progress (stdout belongs to the CLI's summary or JSON); its dask engine warns about a pandas
+    # deprecation on every view
+    with redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"dask\.")
         store.materialize(start_date=start, end_date=end, feature_views=[v.name for v in views])
     return MaterializeResult(as_of, [v.name for v in views])
 
