@@ -182,17 +182,21 @@ def bench_features(sizes: list[int]) -> dict:
     }
 
 
-def _features_table(result: dict) -> str:
-    lines = [
-        "| users | training set build (s) | lookup 1 user p50 / p99 (ms) | lookup 1,000 users p50 / p99 (ms) |",
-        "|---:|---:|---:|---:|",
-    ]
-    for r in result["results"]:
-        lines.append(
-            f"| {r['users']:,} | {r['dataset_build_s']} | {r['default_1_p50_ms']} / {r['default_1_p99_ms']} | "
-            f"{r['default_1000_p50_ms']} / {r['default_1000_p99_ms']} |"
-        )
+def _markdown(header: list[str], align: str, rows: list[list[object]]) -> str:
+    """A markdown table; ``align`` has one character per column: l (left) or r (right)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _features_table(result: dict) -> str:
+    header = ["users", "training set build (s)", "lookup 1 user p50 / p99 (ms)", "lookup 1,000 users p50 / p99 (ms)"]
+    rows = [
+        [f"{r['users']:,}", r["dataset_build_s"], f"{r['default_1_p50_ms']} / {r['default_1_p99_ms']}",
+         f"{r['default_1000_p50_ms']} / {r['default_1000_p99_ms']}"]
+        for r in result["results"]
+    ]  # fmt: skip
+    return _markdown(header, "rrrr", rows)
 
 
 def _child_models(users: str, home: str) -> None:
@@ -261,17 +265,23 @@ def bench_models(sizes: list[int]) -> dict:
 
 
 def _models_table(result: dict) -> str:
-    lines = [
-        "| users | model | ROC AUC | F1 | accuracy | fit (s) | predict 1 row p50 / p99 (ms) | 1,000 rows (ms) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    header = [
+        "users",
+        "model",
+        "ROC AUC",
+        "F1",
+        "accuracy",
+        "fit (s)",
+        "predict 1 row p50 / p99 (ms)",
+        "1,000 rows (ms)",
     ]
-    for r in result["results"]:
-        for m in r["models"]:
-            lines.append(
-                f"| {r['users']:,} | {m['model']} | {m['roc_auc']} | {m['f1']} | {m['accuracy']} | {m['train_s']} | "
-                f"{m['predict_1_row_p50_ms']} / {m['predict_1_row_p99_ms']} | {m['predict_1000_rows_p50_ms']} |"
-            )
-    return "\n".join(lines)
+    rows = [
+        [f"{r['users']:,}", m["model"], m["roc_auc"], m["f1"], m["accuracy"], m["train_s"],
+         f"{m['predict_1_row_p50_ms']} / {m['predict_1_row_p99_ms']}", m["predict_1000_rows_p50_ms"]]
+        for r in result["results"]
+        for m in r["models"]
+    ]  # fmt: skip
+    return _markdown(header, "rlrrrrrr", rows)
 
 
 def _machine() -> dict:
@@ -279,16 +289,13 @@ def _machine() -> dict:
 
 
 def _readme_table(result: dict) -> str:
-    lines = [
-        "| users | CSV rows | ingest + validate (s) | snapshot (s) | total (s) | peak RSS (MiB) | rows/s |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in result["results"]:
-        lines.append(
-            f"| {r['users']:,} | {r['csv_rows']:,} | {r['ingest_validate_s']} | {r['snapshot_s']} | "
-            f"{r['total_s']} | {r['peak_rss_mib']:,} | {r['rows_per_s']:,} |"
-        )
-    return "\n".join(lines)
+    header = ["users", "CSV rows", "ingest + validate (s)", "snapshot (s)", "total (s)", "peak RSS (MiB)", "rows/s"]
+    rows = [
+        [f"{r['users']:,}", f"{r['csv_rows']:,}", r["ingest_validate_s"], r["snapshot_s"], r["total_s"],
+         f"{r['peak_rss_mib']:,}", f"{r['rows_per_s']:,}"]
+        for r in result["results"]
+    ]  # fmt: skip
+    return _markdown(header, "rrrrrrr", rows)
 
 
 def _update_readme(name: str, table: str) -> None:

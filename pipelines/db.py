@@ -259,7 +259,7 @@ class PostgresDatabase(Database):
         try:
             self._con = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"), connect_timeout=10)
         except psycopg2.OperationalError as err:
-            raise StreamflowError(f"cannot connect to Postgres at {_redact(url)}: {str(err).strip()}") from None
+            raise StreamflowError(f"cannot connect to Postgres at {redact_url(url)}: {str(err).strip()}") from None
         self._con.autocommit = True
         self._in_tx = False
 
@@ -345,7 +345,7 @@ class PostgresDatabase(Database):
         self._con.close()
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL without its password, for messages."""
     if "@" not in url or "://" not in url:
         return url

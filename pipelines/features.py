@@ -77,10 +77,13 @@ def open_store(settings: Settings):
 @contextmanager
 def _importable(repo: Path) -> Iterator[None]:
     """Let Feast's ``parse_repo`` import the repo's modules fresh (it imports by path relative to the cwd)."""
+
+    def forget_repo_modules() -> None:
+        for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", "") or "").startswith(str(repo))]:
+            sys.modules.pop(name)
+
     before_cwd, before_path = os.getcwd(), list(sys.path)
-    stale = {name for name, mod in sys.modules.items() if str(getattr(mod, "__file__", "") or "").startswith(str(repo))}
-    for name in stale:
-        sys.modules.pop(name)
+    forget_repo_modules()
     os.chdir(repo)
     sys.path.insert(0, str(repo))
     try:
@@ -88,8 +91,7 @@ def _importable(repo: Path) -> Iterator[None]:
     finally:
         os.chdir(before_cwd)
         sys.path[:] = before_path
-        for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", "") or "").startswith(str(repo))]:
-            sys.modules.pop(name)
+        forget_repo_modules()
 
 
 @dataclass

@@ -64,11 +64,11 @@ class IngestResult:
         }
 
 
-def _content_hash(month_dir: Path) -> str:
+def _content_hash(results: list[TableResult]) -> str:
+    """One hash for the month: each file's name and the hash of its bytes (read once, during validation)."""
     digest = hashlib.sha256()
-    for table in RAW_TABLES:
-        digest.update(table.file_name.encode())
-        digest.update((month_dir / table.file_name).read_bytes())
+    for res in results:
+        digest.update(f"{res.table.file_name}:{res.sha256}\n".encode())
     return digest.hexdigest()
 
 
@@ -159,7 +159,7 @@ def ingest_month(
             f"nothing of as_of {as_of} was loaded. See {result.report_csv}"
         )
 
-    sha = _content_hash(month_dir)
+    sha = _content_hash(results)
     log.info("as_of %s: loading %d rows in one transaction", as_of, result.loaded)
     with db.transaction():
         for res in results:

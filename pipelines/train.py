@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import Settings
-from pipelines.db import Database
+from pipelines.db import Database, redact_url
 from pipelines.errors import InvalidInput, NotFound, StreamflowError
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,8 @@ def build_pipeline(kind: str, features: list[str], categorical: list[str], seed:
             )
         else:
             clf = RandomForestClassifier(n_estimators=300, class_weight="balanced", random_state=seed, n_jobs=1)
-    encode.set_output(transform="pandas") if kind != "logreg" else None
+    if kind != "logreg":
+        encode.set_output(transform="pandas")
     return Pipeline([("encode", encode), ("classifier", clf)])
 
 
@@ -193,15 +194,9 @@ def mlflow_client(settings: Settings):
         client.search_registered_models(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means "unreachable" to the user
         raise StreamflowError(
-            f"MLflow registry unreachable at {_redact(uri)}: {str(err).splitlines()[0][:200]}"
+            f"MLflow registry unreachable at {redact_url(uri)}: {str(err).splitlines()[0][:200]}"
         ) from None
     return client
-
-
-def _redact(uri: str) -> str:
-    from pipelines.db import _redact as redact
-
-    return redact(uri)
 
 
 def _experiment_id(client, settings: Settings) -> str:
@@ -329,7 +324,7 @@ def train(
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipelines.features import build_dataset, feature_names, open_store
+    from pipelines.features import build_dataset, content_hash, feature_names, open_store
 
     kind = kind or settings.model_kind
     seed = settings.seed if seed is None else seed
@@ -352,7 +347,6 @@ def train(
     y_valid = valid_rows[LABEL].astype(int).to_numpy()
     example = valid_rows[features].head(5)
     signature = infer_signature(example, pipeline.predict_proba(example)[:, 1])
-    from pipelines.features import content_hash
 
     data_hash = manifest["content_sha256"] if manifest else content_hash(frame)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{kind}-{as_of.isoformat()}") as run:

@@ -14,6 +14,7 @@ exactly as it was written; valid rows are then converted to typed columns for lo
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from dataclasses import dataclass
 from datetime import date
@@ -46,6 +47,7 @@ class TableResult:
     valid: pd.DataFrame  # typed columns, every column of the table (absent optional ones as NULL)
     quarantine: pd.DataFrame  # one row per (line, column, reason); QUARANTINE_COLUMNS
     input_rows: int
+    sha256: str  # of the file's bytes, read once here (the ingestion log records it)
 
     @property
     def quarantined_rows(self) -> int:
@@ -109,12 +111,12 @@ def _read_header(path: Path, raw: bytes, table: Table) -> list[str]:
     return header
 
 
-def read_table_file(path: Path, table: Table) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+def read_table_file(path: Path, table: Table) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, str]:
     """Read a CSV with every value as text.
 
     Returns:
-        The records (string columns, stripped), the malformed rows (wrong field count) as quarantine rows, and the
-        physical line number of each record.
+        The records (string columns, stripped), the malformed rows (wrong field count) as quarantine rows, the
+        physical line number of each record, and the SHA-256 of the file's bytes.
 
     Raises:
         InvalidInput: the file is missing, empty, header only, not UTF-8, or its header is wrong.
@@ -122,6 +124,7 @@ def read_table_file(path: Path, table: Table) -> tuple[pd.DataFrame, pd.DataFram
     if not path.is_file():
         raise InvalidInput(f"{path}: file is missing (a month folder holds {table.file_name} and five others)")
     raw = path.read_bytes()
+    sha256 = hashlib.sha256(raw).hexdigest()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     if not raw.strip():
@@ -176,7 +179,7 @@ def read_table_file(path: Path, table: Table) -> tuple[pd.DataFrame, pd.DataFram
     for col in table.columns:
         if col.name not in frame.columns:  # optional column absent from this file
             frame[col.name] = pd.Series("", index=frame.index, dtype=TEXT)
-    return frame[list(table.column_names)], malformed, record_lines
+    return frame[list(table.column_names)], malformed, record_lines, sha256
 
 
 # --------------------------------------------------------------------------------------------- the schema
@@ -326,7 +329,7 @@ def validate_table(path: Path, table: Table, as_of: date, known_user_ids: pd.Ind
     Raises:
         InvalidInput: the file itself is unusable (see :func:`read_table_file`).
     """
-    frame, malformed, record_lines = read_table_file(path, table)
+    frame, malformed, record_lines, sha256 = read_table_file(path, table)
     schema = build_schema(table, as_of, known_user_ids)
     try:
         schema.validate(frame, lazy=True)
@@ -358,7 +361,7 @@ def validate_table(path: Path, table: Table, as_of: date, known_user_ids: pd.Ind
     keep = np.ones(len(frame), dtype=bool)
     keep[np.unique(bad_positions)] = False
     valid = _to_typed(frame[keep], table).reset_index(drop=True)
-    return TableResult(table, valid, quarantine, input_rows=len(frame) + len(malformed))
+    return TableResult(table, valid, quarantine, input_rows=len(frame) + len(malformed), sha256=sha256)
 
 
 def _raw_rows(frame: pd.DataFrame, positions: np.ndarray) -> list[str]:
