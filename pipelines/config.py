@@ -55,6 +55,26 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="WARNING", description="Python logging level of the CLI (logs go to stderr).")
 
+    # serving (model_server/): the defaults are the embedded layout of DESIGN.md; the chart overrides them by env
+    serve_host: str = Field(
+        default="127.0.0.1", description="Address both model servers listen on (0.0.0.0 in a pod, loopback locally)."
+    )
+    transformer_http_port: int = Field(default=8080, description="Transformer HTTP port (the entry users call).")
+    transformer_grpc_port: int = Field(default=8081, description="Transformer gRPC port.")
+    predictor_http_port: int = Field(default=8082, description="Predictor HTTP port.")
+    predictor_grpc_port: int = Field(default=8083, description="Predictor gRPC port.")
+    served_model_name: str = Field(default="streamflow-churn", description="The v2 model name both servers answer.")
+    model_alias: str = Field(default="production", description="Registry alias the predictor serves.")
+    model_poll_seconds: float = Field(
+        default=10.0, gt=0, description="How often the predictor asks the registry whether the alias moved."
+    )
+    max_batch_size: int = Field(
+        default=10_000, ge=1, description="Most user ids one request may carry; more is answered 413."
+    )
+    serve_threads: int = Field(
+        default=1, ge=1, description="OpenMP/BLAS threads of the predictor (1: on 2 cores, threads fight the servers)."
+    )
+
     @field_validator("db_url", "mlflow_tracking_uri", mode="before")
     @classmethod
     def _blank_is_default(cls, value: object) -> object:

@@ -42,11 +42,7 @@ PRODUCTION, CHALLENGER, PREVIOUS = "production", "challenger", "previous"
 # MLflow saves scikit-learn models with skops, which refuses types it cannot vouch for. These are the types our own
 # pipelines hold (checked with skops.io.get_untrusted_types); we fitted the models ourselves, in this process.
 SKOPS_TRUSTED = {
-    "hgb": [
-        "functools.partial",
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        "sklearn.utils.validation.check_array",
-    ],
+    "hgb": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
     "rf": ["sklearn.tree._tree.Tree"],
     "logreg": ["numpy.dtype"],
 }
@@ -64,7 +60,10 @@ def categorical_features(frame: pd.DataFrame, features: list[str]) -> list[str]:
 def build_pipeline(kind: str, features: list[str], categorical: list[str], seed: int):
     """The scikit-learn Pipeline of one model kind; it takes the raw feature columns, NULLs included.
 
-    * ``hgb``: HistGradientBoosting with native categorical support and native missing values;
+    * ``hgb``: HistGradientBoosting on ordinal codes of the categorical columns, NULL and unseen values as NaN (its
+      native missing-value handling). Declaring the columns categorical gives the same AUC (0.794/0.796/0.812 vs
+      0.799/0.791/0.818 over three seeds at 7k users) but makes every predict run an internal ColumnTransformer:
+      ~2.5 ms of a 3.6 ms one-row prediction, the largest cost of serving;
     * ``rf``: the course baseline, RandomForest with 300 trees and balanced class weights;
     * ``logreg``: one-hot + standardised numbers, balanced logistic regression.
     """
@@ -94,12 +93,15 @@ def build_pipeline(kind: str, features: list[str], categorical: list[str], seed:
         )
         clf = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed)
     else:
+        if kind == "hgb":
+            ordinal = OrdinalEncoder(
+                handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan
+            )
         encode = ColumnTransformer([("cat", ordinal, categorical), ("num", "passthrough", numeric)])
         if kind == "hgb":
             # early stopping on an inner 10 % picks the number of trees per data size (about 40 at 7k users):
             # 300 fixed trees overfit the course-sized month and cost latency for nothing
             clf = HistGradientBoostingClassifier(
-                categorical_features=list(range(len(categorical))),
                 learning_rate=0.1,
                 max_iter=300,
                 max_leaf_nodes=31,
@@ -110,7 +112,7 @@ def build_pipeline(kind: str, features: list[str], categorical: list[str], seed:
             )
         else:
             clf = RandomForestClassifier(n_estimators=300, class_weight="balanced", random_state=seed, n_jobs=1)
-    if kind != "logreg":
+    if kind == "rf":
         encode.set_output(transform="pandas")
     return Pipeline([("encode", encode), ("classifier", clf)])
 

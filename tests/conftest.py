@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +30,50 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120, what: str = "server") -> None:
+    """Wait until ``url`` answers 200; fail with the process's stderr if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            err = proc.stderr.read()[-3000:] if proc.stderr else ""
+            pytest.fail(f"{what} exited with {proc.returncode} before answering {url}: {err}")
+        time.sleep(0.3)
+    stop_group(proc)
+    pytest.fail(f"{what} did not answer {url} within {timeout:.0f} s")
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it spawned (SIGTERM, then SIGKILL)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
+
+
+def start_mlflow_server(backend: str, artifacts: Path) -> tuple[str, subprocess.Popen]:
+    """A real ``mlflow server`` on a free loopback port, in its own process group (it spawns job runners)."""
+    port = free_port()
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", backend, "--artifacts-destination", str(artifacts), "--workers", "1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health", proc, what="mlflow server")
+    return url, proc
 
 
 def _pg_bindir() -> Path | None:

@@ -109,6 +109,24 @@ def test_lookup_reports_unknown_users_keeps_order_and_duplicates_and_allows_cont
     assert result.features.loc[0, "months_active"] == result.features.loc[3, "months_active"]
 
 
+def test_lookup_equals_feast_get_online_features(loaded) -> None:
+    """The lookup reads the online store directly (one online_read per view): it must answer what the SDK answers,
+    for known users, a user whose plan_stream_* are contract NULLs, an unknown user and duplicates."""
+    settings, db = loaded
+    materialize(settings, db, FEB)
+    feb = snapshot_frame(db, FEB)
+    lookup = OnlineFeatures(settings)
+    no_internet = feb.index[feb["net_service"] == "No"][0]
+    ids = [*feb.sample(n=min(150, len(feb)), random_state=1).index, no_internet, "0000-NOONE", no_internet]
+    ours = lookup.lookup(ids)
+    sdk = lookup.store.get_online_features(
+        features=lookup.service, entity_rows=[{"user_id": u} for u in ids]
+    ).to_dict()
+    for name in lookup.names:
+        assert ours.columns[name] == sdk[name], name
+    assert set(ours.missing) == {"0000-NOONE"}
+
+
 @pytest.mark.parametrize("ids", [[], [""], [None]])
 def test_lookup_refuses_empty_or_non_string_ids(loaded, ids) -> None:
     settings, _ = loaded

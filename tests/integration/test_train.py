@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -21,7 +20,7 @@ from pipelines.config import Settings
 from pipelines.errors import InvalidInput, NotFound, StreamflowError
 from pipelines.features import build_dataset, open_store
 from pipelines.train import MODEL_NAME, promote, train
-from tests.conftest import free_port
+from tests.conftest import free_port, start_mlflow_server, stop_group
 from tests.integration.test_ingest import FEB, JAN
 
 pytestmark = pytest.mark.integration
@@ -175,31 +174,10 @@ def test_as_of_without_snapshot(ready) -> None:
 @pytest.fixture
 def mlflow_server(settings: Settings, tmp_path: Path):
     """A real `mlflow server` on a free loopback port; its backend is Postgres in Postgres mode."""
-    port = free_port()
     backend = settings.database_url if settings.is_postgres else f"sqlite:///{tmp_path / 'server.db'}"
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "server-artifacts"),
-        "--workers", "1",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not answer /health within 120 s")
+    url, proc = start_mlflow_server(backend, tmp_path / "server-artifacts")
     yield url
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
+    stop_group(proc)
 
 
 def test_against_a_real_tracking_server(ready, mlflow_server: str) -> None:

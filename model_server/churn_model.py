@@ -1,0 +1,338 @@
+"""The model the predictor serves: one registered MLflow version, loaded once, scored from v2 feature tensors.
+
+The registered artifact is the training Pipeline (encoding + classifier). Scoring it through pandas costs ~8 ms for
+one row, most of it DataFrame and ColumnTransformer bookkeeping; the classifier itself needs a fraction of that.
+So a :class:`ServedModel` scores on a *lean path* when the Pipeline has the shape training builds
+(``OrdinalEncoder`` on the categorical columns + passthrough numbers → classifier): the categorical values are mapped
+with the fitted encoder's own ``categories_`` and the classifier gets one float matrix. The lean path is checked
+against the Pipeline at load on probe rows (the logged input example, NULLs and an unseen category); if it ever
+disagrees, or the Pipeline has another shape (logreg's one-hot), the model is scored through the Pipeline.
+
+Wire format of the feature tensors (the predictor's metadata says the same): one input per feature, shape ``[N]``;
+text features ``BYTES`` (UTF-8); every other feature any numeric datatype or ``BOOL`` (booleans as 0/1), ``NaN``
+meaning NULL — accepted only where the model signature marks the feature optional (the contract's plan_stream_*).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+NUMERIC_DATATYPES = {
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+}
+
+
+class FeatureError(ValueError):
+    """A feature tensor the model cannot take (the message names the tensor and the value)."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    kind: str  # "text" | "number" | "boolean" (from the MLflow signature)
+    optional: bool
+
+    @property
+    def datatype(self) -> str:
+        return "BYTES" if self.kind == "text" else "FP64"
+
+
+def specs_from_signature(signature) -> list[FeatureSpec]:
+    kinds = {"string": "text", "boolean": "boolean"}
+    specs = []
+    for col in signature.inputs.inputs:
+        type_name = str(getattr(col.type, "name", col.type)).lower()
+        specs.append(FeatureSpec(col.name, kinds.get(type_name, "number"), not col.required))
+    return specs
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v.decode("utf-8") if isinstance(v, bytes | bytearray) else v
+    return out
+
+
+@dataclass
+class ServedModel:
+    """One model version ready to score."""
+
+    name: str
+    version: str
+    run_id: str
+    threshold: float
+    pipeline: Any
+    specs: list[FeatureSpec]
+    tags: dict[str, str] = field(default_factory=dict)
+    lean: bool = False
+    _codes: list[dict] = field(default_factory=list, repr=False)
+    _missing_code: list[float] = field(default_factory=list, repr=False)
+    _unknown_code: list[float] = field(default_factory=list, repr=False)
+    _cat_cols: list[str] = field(default_factory=list, repr=False)
+    _num_cols: list[str] = field(default_factory=list, repr=False)
+
+    # ---------------------------------------------------------------- build
+
+    @classmethod
+    def from_pipeline(cls, pipeline, specs, *, name="", version="", run_id="", threshold=0.5, tags=None, probe=None):
+        model = cls(name, version, run_id, threshold, pipeline, specs, dict(tags or {}))
+        model.lean = model._prepare_lean() and model._lean_agrees(probe)
+        if not model.lean:
+            log.info("model %s v%s: scored through the sklearn Pipeline (no lean path)", name, version)
+        return model
+
+    def _prepare_lean(self) -> bool:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
+
+        steps = getattr(self.pipeline, "steps", None)
+        if not steps or len(steps) != 2 or not isinstance(steps[0][1], ColumnTransformer):
+            return False
+        ct = steps[0][1]
+        cat_cols: list[str] = []
+        num_cols: list[str] = []
+        for name, transformer, cols in ct.transformers_:
+            if name == "remainder":
+                if transformer != "drop" and len(cols):
+                    return False
+                continue
+            if isinstance(transformer, OrdinalEncoder) and not cat_cols:
+                encoder = transformer
+                cat_cols = list(cols)
+            elif transformer == "passthrough" or (
+                isinstance(transformer, FunctionTransformer) and transformer.func is None
+            ):
+                num_cols += list(cols)
+            else:
+                return False
+        if cat_cols:
+            if encoder.handle_unknown != "use_encoded_value" or encoder.min_frequency or encoder.max_categories:
+                return False
+            self._codes, self._missing_code, self._unknown_code = [], [], []
+            for cats in encoder.categories_:
+                self._codes.append({c: float(i) for i, c in enumerate(cats) if not _is_missing(c)})
+                self._missing_code.append(float(encoder.encoded_missing_value))
+                self._unknown_code.append(float(encoder.unknown_value))
+        self._cat_cols, self._num_cols = cat_cols, num_cols
+        return set(cat_cols + num_cols) == {s.name for s in self.specs}
+
+    def _lean_agrees(self, probe: pd.DataFrame | None) -> bool:
+        """The lean path gives the Pipeline's probabilities on the probe rows, NULLs and unseen values included."""
+        rows = self._probe_rows(probe)
+        columns = {s.name: _column_from_frame(rows[s.name], s) for s in self.specs}
+        lean = self._lean_proba(columns)
+        reference = self.pipeline.predict_proba(rows[[s.name for s in self.specs]])[:, 1]
+        if not np.allclose(lean, reference, rtol=0, atol=1e-9):
+            log.warning(
+                "model %s v%s: lean path disagrees with the Pipeline; using the Pipeline", self.name, self.version
+            )
+            return False
+        return True
+
+    def _probe_rows(self, probe: pd.DataFrame | None) -> pd.DataFrame:
+        base = probe.copy() if probe is not None and len(probe) else None
+        if base is None:
+            return pd.DataFrame()
+        extra = []
+        for spec in self.specs:
+            row = base.iloc[[0]].copy()
+            if spec.optional:
+                row[spec.name] = None
+                extra.append(row.copy())
+            if spec.kind == "text":
+                row[spec.name] = "a value never seen in training"
+                extra.append(row)
+        return pd.concat([base, *extra], ignore_index=True)
+
+    # ---------------------------------------------------------------- score
+
+    def columns_from_tensors(self, tensors: dict[str, tuple[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], int]:
+        """Check and convert v2 input tensors (name → (datatype, values)) to one column per feature.
+
+        Raises:
+            FeatureError: a feature is absent, unexpected, of the wrong datatype or length, or NULL where the
+                model does not allow it.
+        """
+        expected = {s.name: s for s in self.specs}
+        unexpected = sorted(set(tensors) - set(expected))
+        if unexpected:
+            raise FeatureError(f"unexpected input {unexpected[0]!r}; the model takes {', '.join(expected)}")
+        absent = [n for n in expected if n not in tensors]
+        if absent:
+            raise FeatureError(f"input {absent[0]!r} is missing ({len(absent)} of {len(expected)} features absent)")
+        columns: dict[str, np.ndarray] = {}
+        rows = None
+        for name, spec in expected.items():
+            datatype, values = tensors[name]
+            values = np.asarray(values)
+            if values.ndim == 2 and values.shape[1] == 1:
+                values = values[:, 0]
+            if values.ndim != 1:
+                raise FeatureError(f"input {name!r}: shape {list(values.shape)}; expected [N]")
+            if rows is None:
+                rows = len(values)
+            elif len(values) != rows:
+                raise FeatureError(f"input {name!r}: {len(values)} values, but other inputs have {rows}")
+            if spec.kind == "text":
+                if datatype != "BYTES":
+                    raise FeatureError(f"input {name!r}: datatype {datatype}; expected BYTES")
+                column = _as_text(values)
+                nulls = np.array([v is None or v == "" for v in column], dtype=bool)
+                column[nulls] = None
+            else:
+                if datatype not in NUMERIC_DATATYPES:
+                    raise FeatureError(f"input {name!r}: datatype {datatype}; expected FP64 (or another number/BOOL)")
+                try:
+                    column = values.astype(np.float64)
+                except (TypeError, ValueError):
+                    bad = next(v for v in values if not _is_number(v))
+                    raise FeatureError(f"input {name!r}: value {bad!r} is not a number") from None
+                nulls = np.isnan(column)
+                if spec.kind == "boolean":
+                    wrong = ~nulls & (column != 0) & (column != 1)
+                    if wrong.any():
+                        raise FeatureError(f"input {name!r}: value {column[wrong][0]!r} is not a boolean (0/1)")
+            if nulls.any() and not spec.optional:
+                raise FeatureError(
+                    f"input {name!r}: NULL/NaN at position {int(np.argmax(nulls))}; this feature may not be NULL"
+                )
+            columns[name] = column
+        if not rows:
+            raise FeatureError("empty batch: every input has 0 values")
+        return columns, rows
+
+    def predict_proba(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """Churn probability of each row (float64)."""
+        if self.lean:
+            return self._lean_proba(columns)
+        frame = pd.DataFrame({s.name: _column_for_pipeline(columns[s.name], s) for s in self.specs})
+        return self.pipeline.predict_proba(frame)[:, 1]
+
+    def _lean_proba(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        import sklearn
+
+        n = len(next(iter(columns.values())))
+        X = np.empty((n, len(self._cat_cols) + len(self._num_cols)), dtype=np.float64)
+        for j, name in enumerate(self._cat_cols):
+            codes, missing, unknown = self._codes[j], self._missing_code[j], self._unknown_code[j]
+            col = columns[name]
+            if col.dtype == object:
+                X[:, j] = [missing if v is None else codes.get(v, unknown) for v in col]
+            else:  # booleans as 0/1 floats: 1.0 == True and hashes alike, so the bool categories match
+                X[:, j] = [missing if v != v else codes.get(v, unknown) for v in col.tolist()]
+        for k, name in enumerate(self._num_cols, start=len(self._cat_cols)):
+            X[:, k] = columns[name]
+        classifier = self.pipeline.steps[-1][1]
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            if not hasattr(classifier, "feature_names_in_"):
+                return classifier.predict_proba(X)[:, 1]
+            with warnings.catch_warnings():  # fitted on a DataFrame (rf): the matrix has its columns, in order
+                warnings.filterwarnings("ignore", message="X does not have valid feature names")
+                return classifier.predict_proba(X)[:, 1]
+
+    def labels(self, proba: np.ndarray) -> np.ndarray:
+        return (proba >= self.threshold).astype(np.int64)
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "model_name": self.name,
+            "model_version": self.version,
+            "run_id": self.run_id,
+            "threshold": f"{self.threshold:.6f}",
+            "scoring": "lean" if self.lean else "pipeline",
+            "as_of": self.tags.get("as_of", ""),
+        }
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _column_from_frame(series: pd.Series, spec: FeatureSpec) -> np.ndarray:
+    """A DataFrame column as it would arrive on the wire (the probe check uses it)."""
+    if spec.kind == "text":
+        return np.array([None if _is_missing(v) else str(v) for v in series], dtype=object)
+    return np.array([np.nan if _is_missing(v) else float(v) for v in series.astype(object)], dtype=np.float64)
+
+
+def _column_for_pipeline(column: np.ndarray, spec: FeatureSpec) -> pd.Series | np.ndarray:
+    """A wire column as the Pipeline saw it in training (booleans as True/False/None objects)."""
+    if spec.kind == "boolean":
+        return pd.Series([None if v != v else bool(v) for v in column.tolist()], dtype=object)
+    return column
+
+
+def load_version(client, model_name: str, version, *, alias: str = "") -> ServedModel:
+    """Download and prepare one registered version (``version`` is an MLflow ModelVersion)."""
+    import tempfile
+
+    import mlflow
+
+    uri = f"models:/{model_name}/{version.version}"
+    with tempfile.TemporaryDirectory(prefix="streamflow-model-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        pipeline = mlflow.sklearn.load_model(local)
+        meta = mlflow.models.Model.load(local)
+        specs = specs_from_signature(meta.signature)
+        try:
+            example = meta.load_input_example(local)
+            probe = pd.DataFrame(example) if example is not None else None
+        except Exception as err:  # noqa: BLE001 - an example is a nicety: without one the probe is synthetic
+            log.info("no input example for %s: %s", uri, err)
+            probe = None
+    if probe is None:
+        probe = _synthetic_probe(specs)
+    tags = dict(version.tags or {})
+    threshold = float(tags.get("threshold", 0.5))
+    return ServedModel.from_pipeline(
+        pipeline,
+        specs,
+        name=model_name,
+        version=str(version.version),
+        run_id=version.run_id or "",
+        threshold=threshold,
+        tags=tags,
+        probe=probe,
+    )
+
+
+def _synthetic_probe(specs: list[FeatureSpec]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {s.name: ["x"] if s.kind == "text" else [True] if s.kind == "boolean" else [1.0] for s in specs}
+    )
+
+
+def metadata_inputs(specs: list[FeatureSpec]) -> list[dict]:
+    return [{"name": s.name, "datatype": s.datatype, "shape": [-1]} for s in specs]
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))

@@ -1,0 +1,267 @@
+"""The predictor: serves ``models:/streamflow_churn@production`` over the v2 Open Inference Protocol.
+
+    python -m model_server.predictor [--model_name streamflow-churn] [--http_port 8082] [--grpc_port 8083]
+                                     [--alias production] [--poll_seconds 10] [--host 127.0.0.1]
+
+Inputs are the feature tensors of :mod:`model_server.churn_model`; outputs ``churn_probability`` (FP32 [N]) and
+``churn_label`` (INT64 [N], the version's F1-optimal threshold); the response's ``model_version`` and parameters name
+the registry version that answered.
+
+Hot reload: a background thread asks the registry every ``--poll_seconds`` which version holds the alias. A new
+version is downloaded and checked *beside* the serving one, then swapped in with one reference assignment: a request
+takes the model reference once, so in-flight requests finish on the old model, readiness never drops. When the
+registry does not answer, the server keeps its model, logs it once and sets ``streamflow_registry_reachable 0``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from model_server.churn_model import FeatureError, ServedModel, load_version, metadata_inputs
+from model_server.server import (
+    ServerMetrics,
+    add_request_metrics,
+    base_parser,
+    grpc_status,
+    request_guard,
+    run_server,
+    timed,
+)
+from pipelines.config import Settings
+
+log = logging.getLogger("streamflow.predictor")
+
+
+def _kserve_model_class():
+    from kserve import Model
+    from kserve.errors import InvalidInput, ModelNotReady
+    from kserve.model import InferenceVerb
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    class ChurnPredictor(Model):
+        """kserve.Model answering with the registry's ``alias`` version of ``registered_model``."""
+
+        def __init__(
+            self,
+            name: str,
+            settings: Settings,
+            registered_model: str,
+            alias: str,
+            poll_seconds: float,
+            metrics: ServerMetrics,
+        ) -> None:
+            super().__init__(name)
+            self.settings = settings
+            self.registered_model = registered_model
+            self.alias = alias
+            self.poll_seconds = poll_seconds
+            self.metrics = metrics
+            self.served: ServedModel | None = None
+            self._client = None
+            self._stop = threading.Event()
+            self._reachable: bool | None = None
+
+        # ------------------------------------------------------------ registry
+
+        def _registry(self):
+            if self._client is None:
+                from pipelines.train import mlflow_client
+
+                self._client = mlflow_client(self.settings)
+            return self._client
+
+        def _alias_version(self):
+            return self._registry().get_model_version_by_alias(self.registered_model, self.alias)
+
+        def load(self) -> bool:
+            version = self._alias_version()
+            self._swap(load_version(self._registry(), self.registered_model, version, alias=self.alias))
+            self._set_reachable(True)
+            self.ready = True
+            threading.Thread(target=self._poll, name="registry-poll", daemon=True).start()
+            return self.ready
+
+        def _swap(self, model: ServedModel) -> None:
+            self.served = model  # one reference assignment: requests already holding the old one finish on it
+            self.metrics.set_model(model.name, model.version, self.alias, model.run_id)
+            log.warning(
+                "serving %s version %s (%s scoring, threshold %.4f)",
+                model.name,
+                model.version,
+                "lean" if model.lean else "pipeline",
+                model.threshold,
+            )
+
+        def _set_reachable(self, ok: bool) -> None:
+            self.metrics.registry_reachable.labels(self.metrics.server).set(1 if ok else 0)
+            if ok != self._reachable:
+                if not ok:
+                    log.warning(
+                        "MLflow registry unreachable: still serving version %s",
+                        self.served.version if self.served else "-",
+                    )
+                elif self._reachable is False:
+                    log.warning("MLflow registry reachable again")
+            self._reachable = ok
+
+        def poll_once(self) -> bool:
+            """Swap to the alias's version if it moved; True when a new version is now served."""
+            try:
+                version = self._alias_version()
+            except Exception as err:  # noqa: BLE001 - any registry failure: keep serving what we have
+                log.debug("registry poll failed: %s", err)
+                self._set_reachable(False)
+                return False
+            self._set_reachable(True)
+            if self.served is not None and str(version.version) == self.served.version:
+                return False
+            try:
+                model = load_version(self._registry(), self.registered_model, version, alias=self.alias)
+            except Exception as err:  # noqa: BLE001 - a broken new version must not take the old one down
+                self.metrics.reloads.labels(self.metrics.server, "failed").inc()
+                log.error(
+                    "version %s of %s could not be loaded, still serving %s: %s",
+                    version.version,
+                    self.registered_model,
+                    self.served.version if self.served else "-",
+                    err,
+                )
+                return False
+            self._swap(model)
+            self.metrics.reloads.labels(self.metrics.server, "swapped").inc()
+            return True
+
+        def _poll(self) -> None:
+            while not self._stop.wait(self.poll_seconds):
+                self.poll_once()
+
+        def stop(self) -> None:
+            self._stop.set()
+
+        # ------------------------------------------------------------ inference
+
+        async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
+            # REST requests are counted by the HTTP middleware (it sees every status); gRPC ones here
+            if isinstance(body, InferRequest) and body.from_grpc:
+                parent = super().__call__
+                return await timed(self.metrics, "grpc", lambda: parent(body, headers, verb), grpc_status)
+            return await super().__call__(body, headers, verb)
+
+        def predict(self, payload, headers=None, response_headers=None):
+            model = self.served  # taken once: a swap during this request does not change it
+            if model is None:
+                raise ModelNotReady(self.name)
+            if not isinstance(payload, InferRequest):
+                raise InvalidInput("the predictor speaks the v2 protocol: POST /v2/models/{name}/infer")
+            try:
+                tensors = {}
+                for item in payload.inputs:
+                    if item.name in tensors:
+                        raise FeatureError(f"input {item.name!r} given twice")
+                    tensors[item.name] = (item.datatype, item.as_numpy())
+                columns, _ = model.columns_from_tensors(tensors)
+            except FeatureError as err:
+                raise InvalidInput(str(err)) from None
+            except (ValueError, TypeError) as err:
+                raise InvalidInput(f"malformed input tensor: {err}") from None
+            proba = model.predict_proba(columns)
+            labels = model.labels(proba)
+            hist = self.metrics.probability.labels(self.metrics.server)
+            for p in proba.tolist():
+                hist.observe(p)
+            churners = int(labels.sum())
+            if churners:
+                self.metrics.predictions.labels(self.metrics.server, "1").inc(churners)
+            if len(labels) - churners:
+                self.metrics.predictions.labels(self.metrics.server, "0").inc(len(labels) - churners)
+            binary = payload.use_binary_outputs
+            p_out = InferOutput("churn_probability", [len(proba)], "FP32")
+            p_out.set_data_from_numpy(proba.astype(np.float32), binary_data=binary)
+            l_out = InferOutput("churn_label", [len(labels)], "INT64")
+            l_out.set_data_from_numpy(labels, binary_data=binary)
+            return InferResponse(
+                response_id=payload.id or uuid.uuid4().hex,
+                model_name=self.name,
+                infer_outputs=[p_out, l_out],
+                model_version=model.version,
+                use_binary_outputs=binary,
+                parameters={
+                    "model_version": model.version,
+                    "registered_model": model.name,
+                    "threshold": f"{model.threshold:.6f}",
+                },
+            )
+
+        def get_input_types(self):
+            return metadata_inputs(self.served.specs) if self.served else []
+
+        def get_output_types(self):
+            return [
+                {"name": "churn_probability", "datatype": "FP32", "shape": [-1]},
+                {"name": "churn_label", "datatype": "INT64", "shape": [-1]},
+            ]
+
+    return ChurnPredictor
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipelines.train import MODEL_NAME
+
+    settings = Settings()
+    parser = base_parser(
+        "StreamFlow predictor (KServe v2)", settings, settings.predictor_http_port, settings.predictor_grpc_port
+    )
+    parser.add_argument("--registered_model", default=MODEL_NAME, help="MLflow registered model.")
+    parser.add_argument("--alias", default=settings.model_alias, help="Registry alias to serve.")
+    parser.add_argument(
+        "--poll_seconds",
+        type=float,
+        default=settings.model_poll_seconds,
+        help="How often to ask the registry whether the alias moved.",
+    )
+    parser.add_argument("--threads", type=int, default=settings.serve_threads, help="OpenMP/BLAS threads.")
+    parser.add_argument("--max_body_bytes", type=int, default=64 * 1024 * 1024, help="Larger bodies: 413.")
+    args = parser.parse_args(argv)
+
+    # one OpenMP/BLAS thread per request: on 2 cores, HGB's default threads fight the two servers (calibration
+    # in issue 6: 1,560 → 50–220 req/s). The variable covers libraries loaded later; threadpoolctl those loaded now.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=args.threads)
+    logging.basicConfig(level=settings.log_level)
+    metrics = ServerMetrics("predictor")
+    model = _kserve_model_class()(
+        args.model_name, settings, args.registered_model, args.alias, args.poll_seconds, metrics
+    )
+    started = time.perf_counter()
+    try:
+        model.load()
+        threadpool_limits(limits=args.threads)  # the model's own OpenMP runtime is loaded now
+    except Exception as err:  # noqa: BLE001 - one clear line instead of a traceback: nothing to serve yet
+        raise SystemExit(
+            f"predictor: cannot load {args.registered_model}@{args.alias}: {str(err).splitlines()[0][:300]}"
+        ) from None
+    log.warning(
+        "model ready in %.1f s; listening on %s:%d (REST) and :%d (gRPC)",
+        time.perf_counter() - started,
+        args.host,
+        args.http_port,
+        args.grpc_port,
+    )
+
+    def hooks(app) -> None:
+        request_guard(app, args.max_body_bytes)
+        add_request_metrics(app, metrics, lambda path: path.endswith("/infer"))
+
+    run_server(args, model, app_hooks=hooks)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""What both StreamFlow model servers share: the KServe ModelServer they run in, their arguments and metrics.
+
+Both servers are plain ``kserve.Model`` subclasses run by ``kserve.ModelServer``, exactly as in a pod. Two things
+differ from the SDK's defaults, each on purpose:
+
+* **the listen address is an argument** (``--host``, default ``STREAMFLOW_SERVE_HOST``): KServe 0.21 binds REST to
+  ``0.0.0.0`` and gRPC to ``[::]`` unconditionally; a local run and the tests listen on ``127.0.0.1`` only, a pod
+  passes ``0.0.0.0``;
+* **no per-request log lines by default**: KServe's timing middleware and latency log line cost up to a quarter of
+  a 1-row request (measured, see bench/README); the same figures are in the Prometheus histograms.
+  ``--access_log`` / ``--enable_latency_logging true`` bring the lines back.
+
+The one Prometheus registry of the process (``prometheus_client.REGISTRY``) is what KServe serves on ``/metrics``:
+KServe's own request histograms plus the ``streamflow_*`` metrics built by :class:`ServerMetrics`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from pipelines.config import Settings
+
+log = logging.getLogger(__name__)
+
+# 0.25 ms … 2.5 s: a 1-row request is a few milliseconds, a 10,000-id batch a few hundred
+LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+PROBABILITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+class ServerMetrics:
+    """The ``streamflow_*`` metrics of one server process (labelled by ``server``: predictor | transformer)."""
+
+    def __init__(self, server: str, registry: CollectorRegistry = REGISTRY) -> None:
+        self.server = server
+        self.requests = Counter(
+            "streamflow_requests",
+            "Inference requests answered, by protocol and status (HTTP code or gRPC status name).",
+            ["server", "protocol", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "streamflow_request_duration_seconds",
+            "End-to-end time of an inference request inside this server, by protocol.",
+            ["server", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "streamflow_predictions",
+            "Predictions returned, by label (1 = will churn).",
+            ["server", "label"],
+            registry=registry,
+        )
+        self.probability = Histogram(
+            "streamflow_churn_probability",
+            "Churn probabilities returned.",
+            ["server"],
+            buckets=PROBABILITY_BUCKETS,
+            registry=registry,
+        )
+        self.missing_features = Counter(
+            "streamflow_missing_features",
+            "Features found missing for a requested user id (unknown users count every feature).",
+            ["server", "feature"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "streamflow_model_info",
+            "1 for the model version this server answers with (registered model, version, alias, run).",
+            ["server", "model", "version", "alias", "run_id"],
+            registry=registry,
+        )
+        self.registry_reachable = Gauge(
+            "streamflow_registry_reachable",
+            "1 when the last poll of the MLflow registry answered, 0 while the server keeps its last model.",
+            ["server"],
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "streamflow_model_reloads",
+            "Model swaps after the registry alias moved, by result.",
+            ["server", "result"],
+            registry=registry,
+        )
+
+    def observe_request(self, protocol: str, status: str, seconds: float) -> None:
+        self.requests.labels(self.server, protocol, status).inc()
+        self.latency.labels(self.server, protocol).observe(seconds)
+
+    def set_model(self, model: str, version: str, alias: str, run_id: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(self.server, model, version, alias, run_id).set(1)
+
+
+def add_request_metrics(app, metrics: ServerMetrics, paths: Callable[[str], bool]) -> None:
+    """Count and time the REST requests whose path ``paths`` accepts, whatever their status (malformed JSON too).
+
+    A plain ASGI middleware: it sees the status KServe's exception handlers chose.
+    """
+
+    def middleware(asgi_app):
+        async def wrapped(scope, receive, send):
+            if scope["type"] != "http" or not paths(scope["path"]):
+                return await asgi_app(scope, receive, send)
+            start = time.perf_counter()
+            status = {"code": 500}
+
+            async def send_status(message):
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                await send(message)
+
+            try:
+                await asgi_app(scope, receive, send_status)
+            finally:
+                metrics.observe_request("rest", str(status["code"]), time.perf_counter() - start)
+
+        return wrapped
+
+    app.add_middleware(_Wrap, factory=middleware)
+
+
+class _Wrap:
+    """Adapter so ``app.add_middleware`` can take a function-style ASGI middleware."""
+
+    def __init__(self, app, factory) -> None:
+        self._app = factory(app)
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self._app(scope, receive, send)
+
+
+def request_guard(app, max_bytes: int) -> None:
+    """Before KServe reads a request:
+
+    * answer 413 when its Content-Length passes ``max_bytes`` (a JSON body is parsed whole, so a limit on ids
+      alone would come after the cost);
+    * read an ``/infer`` body sent without a JSON content type (``curl -d`` sends a form type) as JSON, unless it
+      carries the binary-tensor header: KServe would otherwise take it for binary tensors and refuse it.
+    """
+
+    def middleware(asgi_app):
+        async def wrapped(scope, receive, send):
+            if scope["type"] == "http":
+                headers = dict(scope.get("headers") or [])
+                length = headers.get(b"content-length")
+                if length is not None and length.isdigit() and int(length) > max_bytes:
+                    body = f'{{"error": "request body of {int(length)} bytes is over the {max_bytes} bytes limit"}}'
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 413,
+                            "headers": [(b"content-type", b"application/json")],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body.encode()})
+                    return
+                if (
+                    scope["path"].endswith("/infer")
+                    and not headers.get(b"content-type", b"").startswith(b"application/json")
+                    and b"inference-header-content-length" not in headers
+                ):
+                    headers[b"content-type"] = b"application/json"
+                    scope = {**scope, "headers": list(headers.items())}
+            await asgi_app(scope, receive, send)
+
+        return wrapped
+
+    app.add_middleware(_Wrap, factory=middleware)
+
+
+def base_parser(description: str, settings: Settings, http_port: int, grpc_port: int) -> argparse.ArgumentParser:
+    """KServe's own arguments (``--http_port``, ``--grpc_port``, ``--model_name``, ``--predictor_host`` …) with
+    StreamFlow's defaults, plus ``--host`` and ``--access_log``."""
+    from kserve import model_server
+
+    parser = argparse.ArgumentParser(description=description, parents=[model_server.parser])
+    parser.add_argument("--host", default=settings.serve_host, help="Address to listen on (REST and gRPC).")
+    parser.add_argument("--access_log", action="store_true", help="Log one line per request (off: it costs ~25 %%).")
+    parser.set_defaults(
+        http_port=http_port,
+        grpc_port=grpc_port,
+        model_name=settings.served_model_name,
+        enable_latency_logging=False,
+        max_threads=2,
+    )
+    return parser
+
+
+def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks: Callable | None = None) -> None:
+    """Serve ``model`` on REST and gRPC at ``args.host`` until SIGTERM/SIGINT."""
+    from fastapi.exceptions import FastAPIDeprecationWarning, RequestValidationError
+    from kserve import ModelServer
+    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+    from kserve.model_server import app
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+    from kserve.protocol.grpc.server import GRPCServer
+    from kserve.protocol.grpc.servicer import InferenceServicer
+    from kserve.protocol.rest.server import RESTServer
+
+    host = args.host
+
+    class _RESTServer(RESTServer):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, **kw)
+            self.config.host = host
+
+        def _add_middlewares(self, app) -> None:
+            # KServe's TimingMiddleware formats a log line per request even when nobody reads it
+            if args.access_log:
+                super()._add_middlewares(app)
+
+    class _GRPCServer(GRPCServer):
+        async def start(self, max_workers):
+            from concurrent import futures
+
+            from grpc import aio
+
+            self._server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(ExceptionToStatusInterceptor(),),
+                options=[
+                    ("grpc.max_send_message_length", args.grpc_max_send_message_length),
+                    ("grpc.max_receive_message_length", args.grpc_max_receive_message_length),
+                ],
+            )
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                InferenceServicer(self._data_plane, self._model_repository_extension), self._server
+            )
+            address = f"[::]:{self._port}" if host in ("0.0.0.0", "::") else f"{host}:{self._port}"
+            self._server.add_insecure_port(address)
+            log.info("gRPC listening on %s", address)
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    class _ModelServer(ModelServer):
+        def start(self, models) -> None:
+            self._register_and_check_atleast_one_model_is_ready(models)
+            self._rest_server = _RESTServer(
+                FASTAPI_APP_IMPORT_STRING,
+                self.dataplane,
+                self.model_repository_extension,
+                self.http_port,
+                access_log_format=self.access_log_format,
+                workers=1,
+                grace_period=self.grace_period,
+                event_loop=self.event_loop,
+                timeout_keep_alive=self.timeout_keep_alive,
+            )
+            self.servers.append(self._rest_server.start())
+            if self.enable_grpc:
+                self._grpc_server = _GRPCServer(
+                    self.grpc_port,
+                    self.dataplane,
+                    self.model_repository_extension,
+                    kwargs=vars(args),
+                    grace_period=self.grace_period,
+                )
+                self.servers.append(self._grpc_server.start(self.max_threads))
+            self.setup_event_loop()
+            self.register_signal_handler()
+            asyncio.run(self._serve())
+
+    # FastAPI 0.16x deprecates the ORJSONResponse KServe answers with and warns on *every* response (other
+    # libraries' catch_warnings reset the once-only registry): a log line and ~0.3 ms per request
+    warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if args.workers != 1:
+        raise SystemExit("--workers: StreamFlow servers run one worker per process; scale with replicas")
+    if not args.access_log:
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    app.add_exception_handler(RequestValidationError, _malformed)
+    if app_hooks is not None:
+        app_hooks(app)
+    server = _ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=1,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+        grace_period=5,
+        predictor_config=predictor_config,
+    )
+    server.start([model])
+
+
+async def _malformed(_request, exc):
+    """A body FastAPI could not parse as a v2 request: 400 with the first problem, not a pydantic dump."""
+    from fastapi.responses import JSONResponse
+
+    first = (exc.errors() or [{}])[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    detail = first.get("ctx", {}).get("error") or first.get("msg", "invalid")
+    return JSONResponse({"error": f"malformed request{' at ' + where if where else ''}: {detail}"}, status_code=400)
+
+
+async def timed(
+    metrics: ServerMetrics, protocol: str, call: Callable[[], Awaitable], status_of: Callable[[BaseException], str]
+):
+    """Run one inference ``call``, counting it under ``protocol`` with the status ``status_of`` names for errors."""
+    start = time.perf_counter()
+    status = "OK"
+    try:
+        return await call()
+    except BaseException as err:
+        status = status_of(err)
+        raise
+    finally:
+        metrics.observe_request(protocol, status, time.perf_counter() - start)
+
+
+def grpc_status(err: BaseException) -> str:
+    """The gRPC status KServe's interceptor sends for an exception."""
+    from kserve.errors import InferenceError, InvalidInput, ModelNotReady
+
+    if isinstance(err, InvalidInput | InferenceError):
+        return "INVALID_ARGUMENT"
+    if isinstance(err, ModelNotReady):
+        return "UNAVAILABLE"
+    return "INTERNAL"

@@ -1,0 +1,316 @@
+"""The Feast transformer: user ids in, churn predictions out, through Feast's online store and the predictor.
+
+    python -m model_server.transformer --predictor_host 127.0.0.1:8083 [--predictor_protocol grpc-v2]
+                                       [--http_port 8080] [--grpc_port 8081] [--max_batch_size 10000]
+
+v2 request ``{"inputs":[{"name":"user_id","datatype":"BYTES","shape":[N],"data":[...]}]}`` → one batched lookup of
+the FeatureService ``churn_features`` (:class:`pipelines.features.OnlineFeatures`) → the predictor's feature tensors
+(:mod:`model_server.churn_model`), forwarded by KServe's own client (gRPC by default: measured cheaper than REST) →
+response ``user_id`` (BYTES), ``churn_probability`` (FP32), ``churn_label`` (INT64), with the predictor's model
+version. A user with a missing feature fails the whole request — HTTP 422 (gRPC INVALID_ARGUMENT) listing
+``missing_features`` per user id — so nothing is ever predicted on invalid data. Contract NULLs are values.
+
+Course-compatible routes on the same code path: ``GET /health``, ``GET /features/{user_id}``,
+``POST /predict {"user_id": …}``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import uuid
+
+import numpy as np
+from fastapi import Request
+
+from model_server.server import (
+    ServerMetrics,
+    add_request_metrics,
+    base_parser,
+    grpc_status,
+    request_guard,
+    run_server,
+    timed,
+)
+from pipelines.config import Settings
+
+log = logging.getLogger("streamflow.transformer")
+
+USER_ID = "user_id"
+_REQUEST_IDS: contextvars.ContextVar[list[str]] = contextvars.ContextVar("streamflow_user_ids")
+
+
+def _classes():
+    from kserve import Model
+    from kserve.errors import InvalidInput
+    from kserve.model import InferenceVerb
+    from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+
+    class MissingFeatures(InvalidInput):
+        """Users whose features are missing: answered 422 with ``missing_features`` per user id."""
+
+        def __init__(self, missing: dict[str, list[str]]) -> None:
+            self.missing = missing
+            first = next(iter(missing))
+            super().__init__(
+                f"missing features for {len(missing)} user id(s), e.g. user_id={first}: {', '.join(missing[first])}; "
+                f"missing_features={json.dumps(missing, separators=(',', ':'))}"
+            )
+
+    class BatchTooLarge(InvalidInput):
+        """More user ids than ``--max_batch_size``: answered 413."""
+
+    class PredictorFailed(RuntimeError):
+        """The predictor did not answer or refused the features: answered 502."""
+
+    class FeastTransformer(Model):
+        def __init__(self, name: str, features, predictor_protocol: str, max_batch: int, metrics: ServerMetrics):
+            super().__init__(name)
+            self.features = features
+            self.binary_hop = predictor_protocol == "grpc-v2"
+            self.max_batch = max_batch
+            self.metrics = metrics
+            self.ready = True
+
+        async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
+            if isinstance(body, InferRequest) and body.from_grpc:
+                parent = super().__call__
+                return await timed(self.metrics, "grpc", lambda: parent(body, headers, verb), grpc_status)
+            return await super().__call__(body, headers, verb)
+
+        # ------------------------------------------------------------ request → features
+
+        def user_ids(self, payload) -> list[str]:
+            if not isinstance(payload, InferRequest):
+                raise InvalidInput('send a v2 request: {"inputs":[{"name":"user_id","datatype":"BYTES",...}]}')
+            names = [i.name for i in payload.inputs]
+            if names != [USER_ID]:
+                raise InvalidInput(f"inputs: expected exactly one input named 'user_id', got {names}")
+            tensor = payload.inputs[0]
+            if tensor.datatype != "BYTES":
+                raise InvalidInput(f"input 'user_id': datatype {tensor.datatype}; expected BYTES")
+            shape = list(tensor.shape)
+            if len(shape) != 1:
+                raise InvalidInput(f"input 'user_id': shape {shape}; expected [N]")
+            if shape[0] > self.max_batch:
+                raise BatchTooLarge(f"input 'user_id': {shape[0]} ids; at most {self.max_batch} per request")
+            try:
+                values = tensor.as_numpy()
+            except Exception as err:  # noqa: BLE001 - kserve raises several types for undecodable data
+                raise InvalidInput(f"input 'user_id': data does not match its shape/datatype ({err})") from None
+            values = values.reshape(-1) if values.ndim else values.reshape(1)
+            if len(values) != shape[0]:
+                raise InvalidInput(f"input 'user_id': shape {shape} but {len(values)} values")
+            if shape[0] == 0:
+                raise InvalidInput("input 'user_id': empty batch (give at least one user id)")
+            ids = []
+            for position, value in enumerate(values.tolist()):
+                if isinstance(value, bytes | bytearray):
+                    try:
+                        value = value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise InvalidInput(f"input 'user_id': value at position {position} is not UTF-8") from None
+                if not isinstance(value, str) or not value.strip():
+                    raise InvalidInput(f"input 'user_id': value {value!r} at position {position} is not a user id")
+                ids.append(value)
+            return ids
+
+        def lookup(self, ids: list[str]):
+            result = self.features.lookup(ids)
+            if result.missing:
+                for gaps in result.missing.values():
+                    for name in gaps:
+                        self.metrics.missing_features.labels(self.metrics.server, name).inc()
+                raise MissingFeatures(result.missing)
+            return result
+
+        def preprocess(self, payload, headers=None):
+            ids = self.user_ids(payload)
+            result = self.lookup(ids)
+            _REQUEST_IDS.set(ids)
+            inputs = []
+            text = set(self.features.text_features)
+            for name in self.features.names:
+                column = result.columns[name]
+                if name in text:
+                    array = np.array(["" if v is None else v for v in column], dtype=object)
+                    tensor = InferInput(name, [len(array)], "BYTES")
+                else:
+                    array = np.array(column, dtype=np.float64)  # None → NaN, booleans → 0/1
+                    tensor = InferInput(name, [len(array)], "FP64")
+                tensor.set_data_from_numpy(array, binary_data=self.binary_hop)
+                inputs.append(tensor)
+            return InferRequest(self.name, inputs, request_id=payload.id)
+
+        async def predict(self, payload, headers=None, response_headers=None):
+            try:
+                return await super().predict(payload, headers)
+            except Exception as err:  # noqa: BLE001 - the client gets a 502 naming the predictor's answer
+                detail = getattr(err, "details", None)
+                message = detail() if callable(detail) else str(err)
+                raise PredictorFailed(f"predictor {self.predictor_config.predictor_host}: {message}") from None
+
+        def postprocess(self, result, headers=None, response_headers=None):
+            ids = _REQUEST_IDS.get()
+            proba = result.get_output_by_name("churn_probability")
+            labels = result.get_output_by_name("churn_label")
+            if proba is None or labels is None:
+                raise PredictorFailed("predictor answered without churn_probability/churn_label")
+            proba = proba.as_numpy().astype(np.float32).reshape(-1)
+            labels = labels.as_numpy().astype(np.int64).reshape(-1)
+            version = result.model_version or (result.parameters or {}).get("model_version")
+            outputs = [
+                InferOutput(USER_ID, [len(ids)], "BYTES", data=ids),
+                InferOutput("churn_probability", [len(ids)], "FP32", data=proba.tolist()),
+                InferOutput("churn_label", [len(ids)], "INT64", data=labels.tolist()),
+            ]
+            return InferResponse(
+                response_id=result.id or uuid.uuid4().hex,
+                model_name=self.name,
+                infer_outputs=outputs,
+                model_version=version,
+                parameters={"model_version": str(version)},
+            )
+
+        def get_input_types(self):
+            return [{"name": USER_ID, "datatype": "BYTES", "shape": [-1]}]
+
+        def get_output_types(self):
+            return [
+                {"name": USER_ID, "datatype": "BYTES", "shape": [-1]},
+                {"name": "churn_probability", "datatype": "FP32", "shape": [-1]},
+                {"name": "churn_label", "datatype": "INT64", "shape": [-1]},
+            ]
+
+    return FeastTransformer, MissingFeatures, BatchTooLarge, PredictorFailed
+
+
+def course_routes(app, model, errors) -> None:
+    """``GET /health``, ``GET /features/{user_id}``, ``POST /predict`` as the course API answered, on the v2 path."""
+    from fastapi.responses import JSONResponse
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    missing_features, batch_too_large, predictor_failed = errors
+
+    async def health():
+        return {"status": "ok", "model": model.name}
+
+    async def features(user_id: str):
+        result = model.features.lookup([user_id])
+        body = {
+            "user_id": user_id,
+            "features": {n: result.columns[n][0] for n in model.features.names},
+            "missing_features": result.missing.get(user_id, []),
+        }
+        known = len(body["missing_features"]) < len(model.features.names)
+        return JSONResponse(body, status_code=200 if known else 404)
+
+    async def predict(request: Request):
+        try:
+            body = json.loads(await request.body())
+        except ValueError as err:
+            return JSONResponse({"error": f"body is not JSON: {err}"}, status_code=400)
+        user_id = body.get("user_id") if isinstance(body, dict) else None
+        if not isinstance(user_id, str) or not user_id.strip():
+            return JSONResponse({"error": f'expected {{"user_id": "<id>"}}, got {body!r}'[:300]}, status_code=400)
+        tensor = InferInput(USER_ID, [1], "BYTES", data=[user_id])
+        try:
+            response, _ = await model(InferRequest(model.name, [tensor]))
+        except missing_features as err:
+            return JSONResponse(
+                {"error": f"Missing features for user_id={user_id}", "missing_features": err.missing[user_id]},
+                status_code=422,
+            )
+        return {
+            "user_id": user_id,
+            "prediction": int(response.get_output_by_name("churn_label").data[0]),
+            "probability": float(response.get_output_by_name("churn_probability").data[0]),
+            "model_version": response.model_version,
+        }
+
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/features/{user_id}", features, methods=["GET"])
+    app.add_api_route("/predict", predict, methods=["POST"])
+
+
+def error_handlers(app, errors) -> None:
+    from fastapi.responses import JSONResponse
+
+    missing_features, batch_too_large, predictor_failed = errors
+
+    async def on_missing(_request, exc):
+        return JSONResponse(
+            {"error": "missing features: no prediction was made", "missing_features": exc.missing}, status_code=422
+        )
+
+    async def on_too_large(_request, exc):
+        return JSONResponse({"error": str(exc)}, status_code=413)
+
+    async def on_predictor(_request, exc):
+        return JSONResponse({"error": str(exc)}, status_code=502)
+
+    app.add_exception_handler(missing_features, on_missing)
+    app.add_exception_handler(batch_too_large, on_too_large)
+    app.add_exception_handler(predictor_failed, on_predictor)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings()
+    parser = base_parser(
+        "StreamFlow Feast transformer (KServe v2)",
+        settings,
+        settings.transformer_http_port,
+        settings.transformer_grpc_port,
+    )
+    parser.add_argument(
+        "--max_batch_size", type=int, default=settings.max_batch_size, help="Most user ids per request (more: 413)."
+    )
+    parser.set_defaults(
+        predictor_protocol="grpc-v2", predictor_host=f"{settings.serve_host}:{settings.predictor_grpc_port}"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=settings.log_level)
+
+    from kserve.predictor_config import PredictorConfig
+
+    from pipelines.features import OnlineFeatures
+
+    try:
+        features = OnlineFeatures(settings)
+    except Exception as err:  # noqa: BLE001 - one clear line: nothing can be served without the feature store
+        raise SystemExit(f"transformer: cannot open the feature store: {str(err).splitlines()[0][:300]}") from None
+    metrics = ServerMetrics("transformer")
+    transformer_cls, *errors = _classes()
+    model = transformer_cls(args.model_name, features, args.predictor_protocol, args.max_batch_size, metrics)
+    config = PredictorConfig(
+        predictor_host=args.predictor_host,
+        predictor_protocol=args.predictor_protocol,
+        predictor_use_ssl=args.predictor_use_ssl,
+        predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
+        predictor_request_retries=args.predictor_request_retries,
+        predictor_health_check=args.enable_predictor_health_check,
+    )
+    # ~64 bytes of JSON per id is generous (ids are ~10 characters); past it the body is refused before parsing
+    max_body = 64 * args.max_batch_size + 4096
+
+    def hooks(app) -> None:
+        error_handlers(app, errors)
+        course_routes(app, model, errors)
+        request_guard(app, max_body)
+        add_request_metrics(app, metrics, lambda path: path.endswith("/infer") or path == "/predict")
+
+    log.warning(
+        "transformer %s → predictor %s (%s); listening on %s:%d (REST) and :%d (gRPC)",
+        args.model_name,
+        args.predictor_host,
+        args.predictor_protocol,
+        args.host,
+        args.http_port,
+        args.grpc_port,
+    )
+    run_server(args, model, predictor_config=config, app_hooks=hooks)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,482 @@
+"""The two KServe servers as real processes on loopback, answered over real HTTP and gRPC — no mocks, no TestClient.
+
+One stack per module: a real `mlflow server` (SQLite backend) holding a trained and promoted model, two generated
+months ingested/snapshotted/materialized on the embedded backend, then ``python -m model_server.predictor`` and
+``python -m model_server.transformer`` started exactly as in a pod (only the address is loopback). The last test
+stops the MLflow server on purpose: keep it last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.config import Settings
+from pipelines.train import MODEL_NAME
+from tests.conftest import free_port, start_mlflow_server, stop_group, wait_http
+from tests.integration.test_ingest import FEB, JAN
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MODEL = "streamflow-churn"
+MAX_BATCH = 1500
+POLL_SECONDS = 1.0
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    mlflow_url: str
+    mlflow_proc: subprocess.Popen
+    transformer: str  # http://127.0.0.1:port
+    transformer_grpc: str  # 127.0.0.1:port
+    predictor: str
+    predictor_grpc: str
+    feb: pd.DataFrame  # Feb features (what the online store serves), indexed by user_id
+    logs: Path
+
+
+def _server(module: str, env: dict, log: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", *args]
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    from pipelines.db import connect
+    from pipelines.features import apply_repo, build_dataset, materialize, open_store
+    from pipelines.generate import generate
+    from pipelines.ingest import ingest_month
+    from pipelines.snapshot import take_snapshot
+    from pipelines.train import promote, train
+
+    tmp = tmp_path_factory.mktemp("serving")
+    generate(tmp / "months", users=1200, months=2, seed=11)
+    url, mlflow_proc = start_mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", tmp / "artifacts")
+    settings = Settings(home=tmp / "home", db_url=None, mlflow_tracking_uri=url)
+    db = connect(settings)
+    try:
+        for index, as_of in enumerate((JAN, FEB)):
+            ingest_month(db, settings, tmp / "months" / f"month_{index:03d}", as_of)
+            take_snapshot(db, as_of)
+        apply_repo(settings)
+        store = open_store(settings)
+        materialize(settings, db, FEB, store=store)
+        train(settings, db, JAN, store=store)
+        assert promote(settings, db, store=store).decision == "promoted"
+        feb = pd.read_parquet(build_dataset(settings, db, FEB, store=store).path).set_index("user_id")
+    finally:
+        db.close()
+
+    env = {
+        **os.environ,
+        "STREAMFLOW_HOME": str(settings.home),
+        "STREAMFLOW_DB_URL": "",
+        "STREAMFLOW_MLFLOW_TRACKING_URI": url,
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "STREAMFLOW_LOG_LEVEL": "WARNING",
+    }
+    ports = {k: free_port() for k in ("ph", "pg", "th", "tg")}
+    logs = tmp / "logs"
+    logs.mkdir()
+    predictor = _server(
+        "model_server.predictor", env, logs / "predictor.log",
+        "--http_port", str(ports["ph"]), "--grpc_port", str(ports["pg"]), "--poll_seconds", str(POLL_SECONDS),
+    )  # fmt: skip
+    transformer = _server(
+        "model_server.transformer", env, logs / "transformer.log",
+        "--http_port", str(ports["th"]), "--grpc_port", str(ports["tg"]),
+        "--predictor_host", f"127.0.0.1:{ports['pg']}", "--max_batch_size", str(MAX_BATCH),
+    )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{ports['ph']}/v2/health/ready", predictor, what="predictor")
+        wait_http(f"http://127.0.0.1:{ports['th']}/v2/health/ready", transformer, what="transformer")
+        yield Stack(
+            settings, url, mlflow_proc,
+            f"http://127.0.0.1:{ports['th']}", f"127.0.0.1:{ports['tg']}",
+            f"http://127.0.0.1:{ports['ph']}", f"127.0.0.1:{ports['pg']}",
+            feb, logs,
+        )  # fmt: skip
+    finally:
+        for proc in (transformer, predictor):
+            stop_group(proc)
+        stop_group(mlflow_proc)
+
+
+# ------------------------------------------------------------------------------------------------ clients
+
+
+def post(url: str, body: bytes | str | dict, headers: dict | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def get(url: str) -> tuple[int, dict | str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            raw = resp.read().decode()
+            return resp.status, json.loads(raw) if raw.startswith(("{", "[")) else raw
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def v2(ids: list, datatype: str = "BYTES", shape: list | None = None) -> dict:
+    return {"inputs": [{"name": "user_id", "datatype": datatype, "shape": shape or [len(ids)], "data": ids}]}
+
+
+def infer(stack: Stack, ids: list, **kw) -> tuple[int, dict]:
+    return post(f"{stack.transformer}/v2/models/{MODEL}/infer", v2(ids, **kw), {"Content-Type": "application/json"})
+
+
+def outputs(body: dict) -> dict[str, list]:
+    return {o["name"]: o["data"] for o in body["outputs"]}
+
+
+def grpc_infer(address: str, ids: list[str]):
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+    from kserve.protocol.infer_type import InferResponse
+
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="user_id", datatype="BYTES", shape=[len(ids)],
+        contents=pb.InferTensorContents(bytes_contents=[u.encode() for u in ids]),
+    )  # fmt: skip
+    with grpc.insecure_channel(address) as channel:
+        reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            pb.ModelInferRequest(model_name=MODEL, inputs=[tensor]), timeout=60
+        )
+    response = InferResponse.from_grpc(reply)
+    return response, {o.name: o.as_numpy() for o in response.outputs}
+
+
+def production_version(stack: Stack) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    return str(client.get_model_version_by_alias(MODEL_NAME, "production").version)
+
+
+def expected(stack: Stack, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The registry model's own probabilities and labels on the offline (point-in-time) features of ``ids``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(stack.mlflow_url)
+    mlflow.set_registry_uri(stack.mlflow_url)
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    version = client.get_model_version_by_alias(MODEL_NAME, "production")
+    model = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/{version.version}")
+    features = [c for c in stack.feb.columns if c != "churn_label"]
+    proba = model.predict_proba(stack.feb.loc[ids, features])[:, 1]
+    return proba, (proba >= float(version.tags["threshold"])).astype(int)
+
+
+def metric(base_url: str, name: str, **labels: str) -> float | None:
+    """One sample of the server's /metrics (None when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, text = get(f"{base_url}/metrics")
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ v2 over REST
+
+
+def test_single_user_equals_the_registry_models_own_prediction(stack: Stack) -> None:
+    user = stack.feb.index[0]
+    status, body = infer(stack, [user])
+    assert status == 200, body
+    out = outputs(body)
+    proba, label = expected(stack, [user])
+    assert out["user_id"] == [user]
+    assert out["churn_probability"] == pytest.approx(proba.tolist(), abs=1e-6)
+    assert out["churn_label"] == label.tolist()
+    version = production_version(stack)
+    assert body["model_version"] == version and body["parameters"]["model_version"] == version
+
+
+def test_batch_of_1000_keeps_order_and_matches_the_model(stack: Stack) -> None:
+    ids = list(stack.feb.sample(n=1000, random_state=3).index)
+    status, body = infer(stack, ids)
+    assert status == 200, body
+    out = outputs(body)
+    proba, label = expected(stack, ids)
+    assert out["user_id"] == ids
+    np.testing.assert_allclose(out["churn_probability"], proba, atol=1e-6)
+    assert out["churn_label"] == label.tolist()
+    assert 0 < sum(out["churn_label"]) < 1000  # both classes: the threshold is applied, not a constant
+
+
+def test_contract_null_is_a_value_not_a_missing_feature(stack: Stack) -> None:
+    no_internet = stack.feb.index[stack.feb["net_service"] == "No"][0]
+    assert pd.isna(stack.feb.loc[no_internet, "plan_stream_tv"])
+    status, body = infer(stack, [no_internet])
+    assert status == 200, body
+    assert outputs(body)["churn_probability"] == pytest.approx(expected(stack, [no_internet])[0].tolist(), abs=1e-6)
+
+
+def test_duplicate_ids_are_answered_at_each_position(stack: Stack) -> None:
+    a, b = stack.feb.index[:2]
+    status, body = infer(stack, [a, b, a])
+    assert status == 200, body
+    out = outputs(body)
+    assert out["user_id"] == [a, b, a]
+    assert out["churn_probability"][0] == out["churn_probability"][2]
+
+
+def test_unknown_user_is_422_listing_every_missing_feature(stack: Stack) -> None:
+    status, body = infer(stack, ["0000-NOONE"])
+    assert status == 422
+    assert set(body["missing_features"]) == {"0000-NOONE"}
+    assert len(body["missing_features"]["0000-NOONE"]) == 14 and "outputs" not in body
+
+
+def test_mixed_batch_is_refused_whole_naming_only_the_unknown(stack: Stack) -> None:
+    known = list(stack.feb.index[:3])
+    status, body = infer(stack, [known[0], "0000-NOONE", known[1], "9999-GHOST", known[2]])
+    assert status == 422
+    assert set(body["missing_features"]) == {"0000-NOONE", "9999-GHOST"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{not json", "malformed request"),
+        (v2([1, 2], datatype="INT64"), "datatype INT64; expected BYTES"),
+        (v2(["a", "b", "c"], shape=[2]), "shape"),
+        (v2([], shape=[0]), "empty batch"),
+        (v2([""]), "is not a user id"),
+        ({"inputs": [{"name": "uid", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}, "named 'user_id'"),
+        ({"instances": ["x"]}, ""),
+    ],
+    ids=["malformed-json", "wrong-datatype", "wrong-shape", "empty", "blank-id", "wrong-name", "not-v2"],
+)
+def test_bad_requests_are_400_with_a_clear_message(stack: Stack, body, message: str) -> None:
+    status, answer = post(f"{stack.transformer}/v2/models/{MODEL}/infer", body, {"Content-Type": "application/json"})
+    assert status == 400, answer
+    assert message in answer["error"]
+
+
+def test_oversized_batches_are_413(stack: Stack) -> None:
+    ids = [stack.feb.index[0]] * (MAX_BATCH + 1)
+    status, body = infer(stack, ids)
+    assert status == 413 and f"at most {MAX_BATCH}" in body["error"]
+    huge = v2(["x" * 200_000])  # one id, but a body over the byte limit: refused before it is parsed
+    status, body = post(f"{stack.transformer}/v2/models/{MODEL}/infer", huge, {"Content-Type": "application/json"})
+    assert status == 413 and "bytes limit" in body["error"]
+
+
+def test_curl_style_request_without_content_type_works(stack: Stack) -> None:
+    user = stack.feb.index[0]
+    status, body = post(
+        f"{stack.transformer}/v2/models/{MODEL}/infer",
+        v2([user]),
+        {"Content-Type": "application/x-www-form-urlencoded"},  # what `curl -d` sends
+    )
+    assert status == 200, body
+
+
+def test_v2_metadata_and_health(stack: Stack) -> None:
+    for base in (stack.transformer, stack.predictor):
+        assert get(f"{base}/v2/health/live")[0] == 200
+        assert get(f"{base}/v2/health/ready")[0] == 200
+        assert get(f"{base}/v2/models/{MODEL}/ready")[0] == 200
+        assert get(f"{base}/v2")[0] == 200
+    status, meta = get(f"{stack.transformer}/v2/models/{MODEL}")
+    assert status == 200 and meta["name"] == MODEL
+    assert meta["inputs"] == [{"name": "user_id", "datatype": "BYTES", "shape": [-1]}]
+    assert [o["name"] for o in meta["outputs"]] == ["user_id", "churn_probability", "churn_label"]
+    status, meta = get(f"{stack.predictor}/v2/models/{MODEL}")
+    features = [c for c in stack.feb.columns if c != "churn_label"]
+    assert [i["name"] for i in meta["inputs"]] == features
+    assert {i["name"]: i["datatype"] for i in meta["inputs"]}["net_service"] == "BYTES"
+
+
+def test_predictor_refuses_bad_feature_tensors(stack: Stack) -> None:
+    url = f"{stack.predictor}/v2/models/{MODEL}/infer"
+    row = stack.feb.iloc[0]
+    features = [c for c in stack.feb.columns if c != "churn_label"]
+
+    def tensor(name, value):
+        if name == "net_service":
+            return {"name": name, "datatype": "BYTES", "shape": [1], "data": [value]}
+        return {"name": name, "datatype": "FP64", "shape": [1], "data": [float(value)]}
+
+    good = [tensor(f, row[f]) for f in features if not pd.isna(row[f])]
+    good += [{"name": f, "datatype": "FP64", "shape": [1], "data": ["NaN"]} for f in features if pd.isna(row[f])]
+    status, body = post(url, {"inputs": good})
+    assert status == 200, body
+    status, body = post(url, {"inputs": good[1:]})
+    assert status == 400 and "is missing" in body["error"]
+    bad = [dict(t, data=[0.5]) if t["name"] == "paperless_billing" else t for t in good]
+    status, body = post(url, {"inputs": bad})
+    assert status == 400 and "paperless_billing" in body["error"] and "0.5" in body["error"]
+
+
+# ------------------------------------------------------------------------------------------------ gRPC
+
+
+def test_grpc_single_batch_and_unknown(stack: Stack) -> None:
+    ids = list(stack.feb.sample(n=1000, random_state=5).index)
+    response, out = grpc_infer(stack.transformer_grpc, ids)
+    proba, label = expected(stack, ids)
+    assert [u.decode() if isinstance(u, bytes) else u for u in out["user_id"]] == ids
+    np.testing.assert_allclose(out["churn_probability"], proba, atol=1e-6)
+    assert out["churn_label"].tolist() == label.tolist()
+    assert response.model_version == production_version(stack)
+    _, single = grpc_infer(stack.transformer_grpc, ids[:1])
+    assert single["churn_probability"][0] == pytest.approx(proba[0], abs=1e-6)
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_infer(stack.transformer_grpc, [ids[0], "0000-NOONE"])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "missing_features" in err.value.details() and "0000-NOONE" in err.value.details()
+
+
+# ------------------------------------------------------------------------------------------------ course routes
+
+
+def test_course_routes_on_the_same_path(stack: Stack) -> None:
+    user = stack.feb.index[0]
+    assert get(f"{stack.transformer}/health") == (200, {"status": "ok", "model": MODEL})
+    status, body = get(f"{stack.transformer}/features/{user}")
+    assert status == 200 and body["user_id"] == user and body["missing_features"] == []
+    assert body["features"]["months_active"] == stack.feb.loc[user, "months_active"]
+    assert get(f"{stack.transformer}/features/0000-NOONE")[0] == 404
+    status, body = post(f"{stack.transformer}/predict", {"user_id": user})
+    proba, label = expected(stack, [user])
+    assert status == 200 and body["prediction"] == int(label[0])
+    assert body["probability"] == pytest.approx(float(proba[0]), abs=1e-6)
+    assert body["model_version"] == production_version(stack)
+    status, body = post(f"{stack.transformer}/predict", {"user_id": "0000-NOONE"})
+    assert status == 422 and body["error"] == "Missing features for user_id=0000-NOONE"
+    assert len(body["missing_features"]) == 14
+    assert post(f"{stack.transformer}/predict", {"uid": 1})[0] == 400
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def test_metrics_count_requests_labels_missing_features_and_model(stack: Stack) -> None:
+    before = metric(stack.transformer, "streamflow_requests_total", server="transformer", protocol="rest",
+                    status="200") or 0  # fmt: skip
+    assert infer(stack, list(stack.feb.index[:5]))[0] == 200
+    assert infer(stack, ["0000-NOONE"])[0] == 422
+    after = metric(stack.transformer, "streamflow_requests_total", server="transformer", protocol="rest",
+                   status="200")  # fmt: skip
+    assert after == before + 1
+    assert metric(stack.transformer, "streamflow_requests_total", server="transformer", status="422") >= 1
+    assert metric(stack.transformer, "streamflow_missing_features_total", feature="months_active") >= 1
+    assert metric(stack.transformer, "streamflow_request_duration_seconds_count", server="transformer") >= 2
+    version = production_version(stack)
+    assert metric(stack.predictor, "streamflow_model_info", version=version, alias="production") == 1
+    assert metric(stack.predictor, "streamflow_registry_reachable", server="predictor") == 1
+    assert metric(stack.predictor, "streamflow_predictions_total", label="1") >= 1
+    assert metric(stack.predictor, "streamflow_churn_probability_count") >= 5
+    assert metric(stack.predictor, "streamflow_requests_total", server="predictor", protocol="grpc", status="OK") >= 1
+    _, text = get(f"{stack.predictor}/metrics")
+    assert "request_predict_seconds" in text  # KServe's own histograms are there too
+
+
+# ------------------------------------------------------------------------------------------------ hot reload
+
+
+class Load:
+    """A bounded load: ``threads`` clients sending single-user requests until stopped; every answer is kept."""
+
+    def __init__(self, stack: Stack, threads: int = 2) -> None:
+        self.url = f"{stack.transformer}/v2/models/{MODEL}/infer"
+        self.ids = list(stack.feb.index[:50])
+        self.results: list[tuple[float, int, str]] = []  # (time, status, model_version)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, seed: int) -> None:
+        i = seed
+        while not self._stop.is_set():
+            status, body = post(self.url, v2([self.ids[i % len(self.ids)]]), {"Content-Type": "application/json"})
+            self.results.append((time.monotonic(), status, body.get("model_version", "")))
+            i += 1
+            time.sleep(0.005)
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+
+def test_new_production_version_is_served_without_a_failed_request(stack: Stack) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.db import connect
+    from pipelines.train import train
+
+    db = connect(stack.settings)
+    try:
+        challenger = train(stack.settings.model_copy(update={"seed": 3}), db, FEB)
+    finally:
+        db.close()
+    old = production_version(stack)
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    with Load(stack) as load:
+        time.sleep(1.0)
+        moved_at = time.monotonic()
+        client.set_registered_model_alias(MODEL_NAME, "production", challenger.model_version)
+        deadline = moved_at + 60
+        while time.monotonic() < deadline and not any(v == challenger.model_version for _, _, v in load.results):
+            time.sleep(0.1)
+        time.sleep(1.0)
+    swapped = [t for t, _, v in load.results if v == challenger.model_version]
+    assert swapped, (
+        f"version {challenger.model_version} never served; log: {(stack.logs / 'predictor.log').read_text()}"
+    )
+    assert all(status == 200 for _, status, _ in load.results), {s for _, s, _ in load.results}
+    assert len(load.results) > 50
+    assert {v for _, _, v in load.results} == {old, challenger.model_version}
+    assert min(swapped) - moved_at < POLL_SECONDS + 30  # poll interval + download and check of the new version
+    assert metric(stack.predictor, "streamflow_model_reloads_total", result="swapped") >= 1
+    assert metric(stack.predictor, "streamflow_model_info", version=challenger.model_version) == 1
+
+
+def test_mlflow_down_keeps_serving_and_says_so(stack: Stack) -> None:
+    """Stops the module's MLflow server: keep this test last."""
+    assert metric(stack.predictor, "streamflow_registry_reachable", server="predictor") == 1
+    with Load(stack) as load:
+        time.sleep(0.5)
+        stop_group(stack.mlflow_proc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if metric(stack.predictor, "streamflow_registry_reachable", server="predictor") == 0:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+    assert metric(stack.predictor, "streamflow_registry_reachable", server="predictor") == 0
+    assert load.results and all(status == 200 for _, status, _ in load.results)
+    assert infer(stack, [stack.feb.index[0]])[0] == 200
+    assert "MLflow registry unreachable" in (stack.logs / "predictor.log").read_text()
