@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/
 UV_VERSION ?= 0.13.9
 export STREAMFLOW_HOME ?= .streamflow
 
-.PHONY: setup demo test test-fast bench lint clean help
+.PHONY: setup demo serve test test-fast bench lint clean help
 
 help:
 	@echo "make demo   - run the loop on the embedded default (state in $$STREAMFLOW_HOME)"
-	@echo "make test   - the whole test suite (unit, integration with real Postgres)"
+	@echo "make serve  - predictor + transformer on loopback (after make demo); Ctrl-C stops them"
+	@echo "make test   - the whole test suite (unit, integration with real Postgres, real servers)"
 	@echo "make bench  - benchmarks; results in bench/results/*.json"
 	@echo "make setup  - only create $(VENV) with the locked dependencies"
 
@@ -28,6 +29,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/streamflow demo
 
+serve: $(STAMP)
+	$(VENV)/bin/streamflow serve
+
 test: $(STAMP)
 	$(PY) -m pytest
 
@@ -35,6 +39,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(PY) bench/run.py
 
 lint: $(STAMP)

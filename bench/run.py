@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -284,6 +285,199 @@ def _models_table(result: dict) -> str:
     return _markdown(header, "rlrrrrrr", rows)
 
 
+# ------------------------------------------------------------------------------------------------ serving
+
+
+def _child_serving_setup(users: str, home: str) -> None:
+    """Runs in a fresh process: a month loaded and materialized, the default model promoted to production and the
+    course's RandomForest-300 registered beside it (for the reference server); prints ids and versions."""
+    from pipelines.features import materialize
+    from pipelines.train import promote, train
+
+    settings, db, store, as_of = _prepared(users, home)
+    materialize(settings, db, as_of, store=store)
+    champion = train(settings, db, as_of, store=store)
+    promote(settings, db, store=store)
+    course = train(settings, db, as_of, store=store, kind="rf")
+    ids = db.query("SELECT user_id FROM labels WHERE as_of = ? ORDER BY user_id", (as_of,))["user_id"].tolist()
+    db.close()
+    print(json.dumps({"production": champion.model_version, "rf_version": course.model_version, "user_ids": ids}))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes (from /proc), in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks
+
+
+def _wrk(url: str, lua: Path, connections: int, seconds: int) -> dict:
+    threads = min(2, connections)
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+    def ms(label: str) -> float:
+        value = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        number, unit = float(value.group(1)), value.group(2)
+        return round(number / 1000 if unit == "us" else number * 1000 if unit == "s" else number, 2)
+
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "req_per_s": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), 1),
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+        "failed": int(failed.group(1)) if failed else 0,
+        "socket_errors": errors.group(0) if errors else "",
+    }
+
+
+def _lua(path: Path, url_path: str, template: str, ids: list[str]) -> Path:
+    """A wrk script sending ``template % id`` for ids in turn (no cache can help: 500 different users)."""
+    listed = ",".join(json.dumps(u) for u in ids)
+    path.write_text(
+        f"ids = {{{listed}}}\ni = 0\n"
+        "request = function()\n  i = i % #ids + 1\n"
+        f"  return wrk.format('POST', '{url_path}', {{['Content-Type'] = 'application/json'}}, "
+        f"string.format('{template}', ids[i]))\nend\n"
+    )
+    return path
+
+
+def _batch_ms(url: str, body: dict, reps: int = 20) -> float:
+    import urllib.request
+
+    import numpy as np
+
+    data = json.dumps(body).encode()
+    times = []
+    for i in range(reps + 2):
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            assert resp.status == 200
+            resp.read()
+        if i >= 2:  # two warm-up requests
+            times.append((time.perf_counter() - t0) * 1000)
+    return round(float(np.percentile(times, 50)), 1)
+
+
+def _measure(name: str, url: str, template: str, ids: list[str], pids: list[int], batch: tuple[str, dict]) -> dict:
+    from urllib.parse import urlsplit
+
+    lua = _lua(WORK / f"{name}.lua", urlsplit(url).path, template, ids[:500])
+    _wrk(url, lua, 1, 3)  # warm-up
+    c1 = _wrk(url, lua, 1, 10)
+    cpu0 = _cpu_seconds(pids)
+    c8 = _wrk(url, lua, 8, 10)
+    cpu = _cpu_seconds(pids) - cpu0
+    row = {
+        "server": name,
+        "c1_p50_ms": c1["p50_ms"],
+        "c1_p99_ms": c1["p99_ms"],
+        "c1_req_per_s": c1["req_per_s"],
+        "c8_req_per_s": c8["req_per_s"],
+        "c8_p50_ms": c8["p50_ms"],
+        "c8_p99_ms": c8["p99_ms"],
+        "cpu_ms_per_request": round(cpu * 1000 / max(c8["requests"], 1), 2),
+        "batch_1000_p50_ms": _batch_ms(*batch),
+        "failed_requests": c1["failed"] + c8["failed"],
+    }
+    print(f"serving {name}: {row}", flush=True)
+    return row
+
+
+def bench_serving(sizes: list[int]) -> dict:
+    from model_server.local import LocalServers, settings_env
+    from pipelines.config import Settings
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("the serving benchmark needs wrk (Debian package `wrk`; `make bench` installs it)")
+    users = sizes[0]
+    _data(users)
+    home = WORK / "home-serving"
+    shutil.rmtree(home, ignore_errors=True)
+    out, _, _ = run_child([sys.executable, __file__, "_child-serving-setup", str(users), str(home)])
+    setup = json.loads(out.strip().splitlines()[-1])
+    ids = setup["user_ids"]
+    ports = {name: free_port() for name in ("transformer_http_port", "transformer_grpc_port", "predictor_http_port",
+                                            "predictor_grpc_port")}  # fmt: skip
+    settings = Settings(home=home, db_url=None, **ports)
+    rows = []
+    with LocalServers(settings) as servers:
+        url = f"{servers.transformer_url}/v2/models/{settings.served_model_name}/infer"
+        v2 = '{"inputs":[{"name":"user_id","datatype":"BYTES","shape":[1],"data":["%s"]}]}'
+        batch = {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1000], "data": ids[:1000]}]}
+        pids = [p.pid for p in servers.procs.values()]
+        rows.append(_measure("streamflow v2: transformer + Feast + predictor (gRPC hop)", url, v2, ids, pids,
+                             (url, batch)))  # fmt: skip
+    port = free_port()
+    env = {**os.environ, **settings_env(settings)}
+    course = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "course_server.py"), "--port", str(port),
+         "--model-uri", f"models:/streamflow_churn/{setup['rf_version']}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=(WORK / "course_server.log").open("w"),
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                import urllib.request
+
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                if course.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"course-style server did not start; see {WORK / 'course_server.log'}") from None
+                time.sleep(0.5)
+        rows.append(_measure("course-style: FastAPI + Feast SDK per request + pyfunc RF-300", f"{base}/predict",
+                             '{"user_id":"%s"}', ids, [course.pid],
+                             (f"{base}/predict_batch", {"user_ids": ids[:1000]})))  # fmt: skip
+    finally:
+        course.terminate()
+        course.wait(timeout=30)
+    shutil.rmtree(home, ignore_errors=True)
+    return {
+        "name": "serving",
+        "users": users,
+        "what": "wrk on loopback against each server in turn, 500 different users in rotation: c=1 for 10 s "
+        "(latency), c=8 for 10 s (throughput; server CPU from /proc over that run / requests), then 20 "
+        "sequential 1,000-user batches (REST JSON). Ours: production hgb; reference: the course's RF-300.",
+        "targets": {
+            "c1_p50_ms": 3,
+            "c1_p99_ms": 10,
+            "c8_req_per_s": 600,
+            "cpu_ms_per_request": 3,
+            "batch_1000_p50_ms": 30,
+        },  # fmt: skip
+        "results": rows,
+    }
+
+
+def _serving_table(result: dict) -> str:
+    header = ["server", "c=1 p50 / p99 (ms)", "c=8 req/s", "server CPU per request (ms)", "1,000 users (ms)"]
+    t = result["targets"]
+    rows = [
+        [r["server"], f"{r['c1_p50_ms']} / {r['c1_p99_ms']}", f"{r['c8_req_per_s']:,}", r["cpu_ms_per_request"],
+         r["batch_1000_p50_ms"]]
+        for r in result["results"]
+    ]  # fmt: skip
+    rows.append(["*target (issue 6)*", f"≤ {t['c1_p50_ms']} / ≤ {t['c1_p99_ms']}", f"≥ {t['c8_req_per_s']}",
+                 f"≤ {t['cpu_ms_per_request']}", f"≤ {t['batch_1000_p50_ms']}"])  # fmt: skip
+    return _markdown(header, "lrrrr", rows)
+
+
 def _machine() -> dict:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
 
@@ -310,6 +504,7 @@ BENCHES = {
     "ingest": (bench_ingest, _readme_table, [7043, 100_000, 1_000_000]),
     "features": (bench_features, _features_table, [7043, 100_000]),
     "models": (bench_models, _models_table, [7043, 100_000]),
+    "serving": (bench_serving, _serving_table, [7043]),
 }
 
 
@@ -324,6 +519,9 @@ def main() -> None:
         return
     if len(sys.argv) == 4 and sys.argv[1] == "_child-models":
         _child_models(sys.argv[2], sys.argv[3])
+        return
+    if len(sys.argv) == 4 and sys.argv[1] == "_child-serving-setup":
+        _child_serving_setup(sys.argv[2], sys.argv[3])
         return
     if len(sys.argv) == 4 and sys.argv[1] == "_child-features":
         _child_features(sys.argv[2], sys.argv[3])

@@ -131,7 +131,15 @@ class ServedModel:
             self._codes, self._missing_code, self._unknown_code = [], [], []
             for cats in encoder.categories_:
                 self._codes.append({c: float(i) for i, c in enumerate(cats) if not _is_missing(c)})
-                self._missing_code.append(float(encoder.encoded_missing_value))
+                # the encoder treats only NaN as missing: a None seen in training (parquet NULLs in an object
+                # column) is an ordinary category. A NULL on the wire is scored as that None when there was one.
+                none = [i for i, c in enumerate(cats) if c is None]
+                seen_nan = any(isinstance(c, float) and c != c for c in cats)
+                self._missing_code.append(
+                    float(none[0]) if none
+                    else float(encoder.encoded_missing_value) if seen_nan
+                    else float(encoder.unknown_value)
+                )  # fmt: skip
                 self._unknown_code.append(float(encoder.unknown_value))
         self._cat_cols, self._num_cols = cat_cols, num_cols
         return set(cat_cols + num_cols) == {s.name for s in self.specs}
@@ -211,7 +219,7 @@ class ServedModel:
                 if spec.kind == "boolean":
                     wrong = ~nulls & (column != 0) & (column != 1)
                     if wrong.any():
-                        raise FeatureError(f"input {name!r}: value {column[wrong][0]!r} is not a boolean (0/1)")
+                        raise FeatureError(f"input {name!r}: value {float(column[wrong][0])!r} is not a boolean (0/1)")
             if nulls.any() and not spec.optional:
                 raise FeatureError(
                     f"input {name!r}: NULL/NaN at position {int(np.argmax(nulls))}; this feature may not be NULL"

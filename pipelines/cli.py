@@ -64,7 +64,7 @@ def command(fn: Callable[..., dict[str, Any]]) -> Callable[..., None]:
             _fail(str(err), err.exit_code, as_json)
         except OSError as err:
             _fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "), 1, as_json)
-        if as_json:
+        if as_json and payload is not None:  # None: the command printed its one object itself (serve)
             sys.stdout.write(json.dumps(payload, default=str) + "\n")
 
     return wrapper
@@ -393,7 +393,64 @@ def demo(
             f"MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {settings.tracking_uri} "
             "--port 5000"
         )
+        served = state["serve"]
+        answer = served["response"]
+        out = {o["name"]: o["data"] for o in answer["outputs"]}
+        answers = RichTable(
+            "user_id", "churn_probability", "churn_label",
+            title=f"v2 answer (model version {answer['model_version']})",
+        )  # fmt: skip
+        for user, proba, label in zip(out["user_id"], out["churn_probability"], out["churn_label"], strict=True):
+            answers.add_row(user, f"{proba:.4f}", str(label))
+        _out.print(answers)
+        _out.print("repeat it: `streamflow serve` in another terminal, then")
+        _out.print(f"  {served['curl']}", highlight=False, soft_wrap=True)
     return state
+
+
+# ------------------------------------------------------------------------------------------------ serve
+
+
+@app.command()
+@command
+def serve(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    """Start the predictor and the transformer on loopback (ports from STREAMFLOW_*_PORT); Ctrl-C stops both.
+
+    With --json, one object is printed as soon as both are ready (URLs, pids, logs), nothing after.
+    """
+    import signal as signals
+
+    from model_server.local import LocalServers, curl_line
+
+    settings = _settings(ctx)
+    servers = LocalServers(settings)
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signals.signal(signals.SIGTERM, stop)
+    servers.start()
+    ready = {
+        "transformer": servers.transformer_url,
+        "predictor": servers.predictor_url,
+        "pids": {name: proc.pid for name, proc in servers.procs.items()},
+        "logs": str(servers.log_dir),
+    }
+    try:
+        if as_json:
+            sys.__stdout__.write(json.dumps(ready) + "\n")
+            sys.__stdout__.flush()
+        else:
+            _out.print(f"transformer {servers.transformer_url} (v2 + course routes), predictor {servers.predictor_url}")
+            _out.print(f"logs in {servers.log_dir}; try:")
+            _out.print(f"  {curl_line(settings, ['<user_id>'])}", highlight=False, soft_wrap=True)
+            _out.print("Ctrl-C stops both.")
+        code = servers.wait()
+        raise StreamflowError(f"a server exited with code {code}; see {servers.log_dir}")
+    except KeyboardInterrupt:
+        return None
+    finally:
+        servers.stop()
 
 
 def main() -> None:

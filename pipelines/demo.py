@@ -13,13 +13,15 @@ from pipelines.ingest import ingest_month
 from pipelines.months import infer_as_of
 from pipelines.snapshot import take_snapshot
 from pipelines.status import collect_status
+from pipelines.tables import SNAPSHOTS
 from pipelines.train import promote, train
 
 
 def run_demo(settings: Settings, *, users: int, months: int, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Generate ``months`` month folders under ``STREAMFLOW_HOME/data``, ingest and snapshot each, apply the Feast
     repo, materialize the newest snapshot online, build the first month's training set, train on it and run the
-    promotion gate (the first model becomes ``production``).
+    promotion gate (the first model becomes ``production``); then start both model servers on loopback, send one
+    real v2 request through the transformer and stop them.
 
     Returns:
         The stored state (:func:`pipelines.status.collect_status`) after the run, plus the training set summary.
@@ -62,10 +64,27 @@ def run_demo(settings: Settings, *, users: int, months: int, seed: int, log: Cal
             f"gate {gate.decision}: challenger AUC {gate.challenger_auc:.4f} vs champion {champion}; "
             f"production = version {gate.production_version}"
         )
+        users = sorted(db.read_snapshot(SNAPSHOTS[0], newest)["user_id"])[:3]
+        served = serve_once(settings, users, log)
         return collect_status(db) | {
             "training_set": dataset.to_json(),
             "train": trained.to_json(),
             "promote": gate.to_json(),
+            "serve": served,
         }
     finally:
         db.close()
+
+
+def serve_once(settings: Settings, user_ids: list[str], log: Callable[[str], None]) -> dict[str, Any]:
+    """Start predictor + transformer, send one v2 request for ``user_ids``, stop them; the answer and its curl."""
+    from model_server.local import LocalServers, curl_line
+
+    log(
+        f"starting the predictor (:{settings.predictor_http_port}) and the transformer "
+        f"(:{settings.transformer_http_port}) on {settings.serve_host}"
+    )
+    with LocalServers(settings) as servers:
+        answer = servers.infer(user_ids)
+    curl = curl_line(settings, user_ids)
+    return {"request_user_ids": user_ids, "response": answer, "curl": curl}

@@ -348,7 +348,10 @@ def train(
     pipeline, categorical, valid_rows, proba, threshold, metrics, seconds = fit_and_score(frame, features, kind, seed)
     y_valid = valid_rows[LABEL].astype(int).to_numpy()
     example = valid_rows[features].head(5)
-    signature = infer_signature(example, pipeline.predict_proba(example)[:, 1])
+    # the signature is the serving contract (the predictor refuses NULL where it says "required"): inferred on all
+    # validation rows, so a column NULL anywhere there (plan_stream_*) is optional, not only if the example has one
+    valid_features = valid_rows[features]
+    signature = infer_signature(valid_features, pipeline.predict_proba(valid_features)[:, 1])
 
     data_hash = manifest["content_sha256"] if manifest else content_hash(frame)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{kind}-{as_of.isoformat()}") as run:

@@ -152,3 +152,50 @@ def test_kill_in_the_middle_of_a_month_leaves_the_previous_state(
         db.close()
     # and the store still works: the same month ingests cleanly afterwards
     run(home, "ingest", str(small / "month_000"), db_url=db_url, check=True)
+
+
+@pytest.mark.slow
+def test_demo_ends_with_a_v2_answer_and_serve_keeps_both_servers_up(tmp_path: Path) -> None:
+    """`streamflow demo` runs the loop and a real v2 request; `streamflow serve` then serves the same state until
+    SIGTERM stops it and both servers with it. Free ports: the defaults may be taken on a shared machine."""
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    ports = {
+        f"STREAMFLOW_{name}_PORT": str(free_port())
+        for name in ("TRANSFORMER_HTTP", "TRANSFORMER_GRPC", "PREDICTOR_HTTP", "PREDICTOR_GRPC")
+    }
+    env = {**os.environ, "STREAMFLOW_HOME": str(tmp_path / "home"), "STREAMFLOW_DB_URL": "", **ports}
+    proc = subprocess.run([STREAMFLOW, "demo", "--users", "400", "--json"], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = one_json(proc)["serve"]
+    answer = {o["name"]: o["data"] for o in served["response"]["outputs"]}
+    assert answer["user_id"] == served["request_user_ids"] and len(answer["user_id"]) == 3
+    assert all(0.0 <= p <= 1.0 for p in answer["churn_probability"]) and set(answer["churn_label"]) <= {0, 1}
+    assert served["response"]["model_version"] == "1"
+    assert f"localhost:{ports['STREAMFLOW_TRANSFORMER_HTTP_PORT']}/v2/models/streamflow-churn/infer" in served["curl"]
+
+    serve = subprocess.Popen([STREAMFLOW, "serve", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)  # fmt: skip
+    try:
+        ready = json.loads(serve.stdout.readline())
+        with urllib.request.urlopen(f"{ready['transformer']}/health", timeout=10) as resp:
+            assert json.loads(resp.read())["status"] == "ok"
+        body = json.dumps(
+            {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1], "data": answer["user_id"][:1]}]}
+        ).encode()
+        url = f"{ready['transformer']}/v2/models/streamflow-churn/infer"
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=30) as resp:
+            again = {o["name"]: o["data"] for o in json.loads(resp.read())["outputs"]}
+        assert again["churn_probability"][0] == pytest.approx(answer["churn_probability"][0], abs=1e-7)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0
+        assert serve.stdout.read().strip() == ""  # exactly one JSON object, printed when ready
+        for pid in ready["pids"].values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)

@@ -1,0 +1,154 @@
+"""Both servers as local processes on loopback: what ``streamflow serve`` and ``streamflow demo`` start.
+
+The processes are the pod entrypoints (``python -m model_server.predictor`` / ``model_server.transformer``), given
+the settings as ``STREAMFLOW_*`` environment variables — the same way the chart configures them. Their logs go to
+``$STREAMFLOW_HOME/logs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Settings
+from pipelines.errors import StreamflowError
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as the ``STREAMFLOW_*`` variables a child process reads them from."""
+    env = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"STREAMFLOW_{name.upper()}"] = str(value.resolve() if isinstance(value, Path) else value)
+    return env
+
+
+def curl_line(settings: Settings, user_ids: list[str]) -> str:
+    body = json.dumps(
+        {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [len(user_ids)], "data": user_ids}]},
+        separators=(",", ":"),
+    )
+    host = "localhost" if settings.serve_host in ("127.0.0.1", "0.0.0.0") else settings.serve_host
+    return f"curl -s {host}:{settings.transformer_http_port}/v2/models/{settings.served_model_name}/infer -d '{body}'"
+
+
+@dataclass
+class LocalServers:
+    """Predictor + transformer on ``settings.serve_host``; use as a context manager."""
+
+    settings: Settings
+    startup_timeout: float = 180.0
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.home / "logs"
+
+    @property
+    def transformer_url(self) -> str:
+        return f"http://{self.settings.serve_host}:{self.settings.transformer_http_port}"
+
+    @property
+    def predictor_url(self) -> str:
+        return f"http://{self.settings.serve_host}:{self.settings.predictor_http_port}"
+
+    def start(self) -> LocalServers:
+        """Start both and wait until both answer ready.
+
+        Raises:
+            StreamflowError: a server exited or did not get ready in time (the message carries its log's end).
+        """
+        s = self.settings
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **settings_env(s), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+        commands = {
+            "predictor": ["--http_port", str(s.predictor_http_port), "--grpc_port", str(s.predictor_grpc_port)],
+            "transformer": [
+                "--http_port", str(s.transformer_http_port), "--grpc_port", str(s.transformer_grpc_port),
+                "--predictor_host", f"{s.serve_host}:{s.predictor_grpc_port}",
+            ],
+        }  # fmt: skip
+        for name, args in commands.items():
+            log = (self.log_dir / f"{name}.log").open("w")
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", f"model_server.{name}", "--host", s.serve_host, *args],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        try:
+            self._wait_ready("predictor", self.predictor_url)
+            self._wait_ready("transformer", self.transformer_url)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, name: str, base: str) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise StreamflowError(f"the {name} exited with code {proc.returncode}: {self._tail(name)}")
+            try:
+                with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.3)
+        raise StreamflowError(f"the {name} was not ready after {self.startup_timeout:.0f} s: {self._tail(name)}")
+
+    def _tail(self, name: str, lines: int = 6) -> str:
+        path = self.log_dir / f"{name}.log"
+        text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+        return " | ".join(text[-lines:]) + f" (log: {path})"
+
+    def stop(self) -> None:
+        """SIGTERM both (they finish in-flight requests), SIGKILL what is still there after 15 s."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+
+    def wait(self) -> int:
+        """Block until one server exits (or a signal stops us); returns its exit code."""
+        while True:
+            for proc in self.procs.values():
+                if proc.poll() is not None:
+                    return proc.returncode
+            time.sleep(0.5)
+
+    def infer(self, user_ids: list[str]) -> dict[str, Any]:
+        """One v2 request through the transformer, as a client sends it."""
+        body = {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [len(user_ids)], "data": user_ids}]}
+        request = urllib.request.Request(
+            f"{self.transformer_url}/v2/models/{self.settings.served_model_name}/infer",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            raise StreamflowError(f"the transformer answered {err.code}: {err.read().decode()[:500]}") from None
+
+    def __enter__(self) -> LocalServers:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,138 @@
+"""The predictor's scoring: the lean path gives the Pipeline's own probabilities (NULLs, unseen values, every model
+kind), or the Pipeline is used; feature tensors are checked before anything is scored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.models import infer_signature
+
+from model_server.churn_model import FeatureError, ServedModel, specs_from_signature
+from pipelines.train import build_pipeline, categorical_features
+
+FEATURES = [
+    "months_active", "monthly_fee", "paperless_billing", "plan_stream_tv", "plan_stream_movies", "net_service",
+    "watch_hours_30d", "avg_session_mins_7d", "unique_devices_30d", "skips_7d", "rebuffer_events_7d",
+    "failed_payments_90d", "support_tickets_90d", "ticket_avg_resolution_hrs_90d",
+]  # fmt: skip
+
+
+def frame(n: int, seed: int = 0) -> pd.DataFrame:
+    """Rows shaped like the training set: booleans, contract NULLs for no-internet users, one text column."""
+    rng = np.random.default_rng(seed)
+    net = rng.choice(["DSL", "Fiber optic", "No"], n)
+    tv = pd.Series(rng.random(n) < 0.4, dtype=object)
+    movies = pd.Series(rng.random(n) < 0.4, dtype=object)
+    tv[net == "No"] = None
+    movies[net == "No"] = None
+    out = pd.DataFrame(
+        {
+            "months_active": rng.integers(0, 72, n).astype("int32"),
+            "monthly_fee": rng.uniform(5, 30, n).round(2),
+            "paperless_billing": rng.random(n) < 0.6,
+            "plan_stream_tv": tv,
+            "plan_stream_movies": movies,
+            "net_service": net,
+            "watch_hours_30d": rng.gamma(2, 10, n),
+            "avg_session_mins_7d": rng.gamma(2, 15, n),
+            "unique_devices_30d": rng.integers(1, 5, n).astype("int32"),
+            "skips_7d": rng.integers(0, 20, n).astype("int32"),
+            "rebuffer_events_7d": rng.integers(0, 10, n).astype("int32"),
+            "failed_payments_90d": rng.integers(0, 3, n).astype("int32"),
+            "support_tickets_90d": rng.integers(0, 4, n).astype("int32"),
+            "ticket_avg_resolution_hrs_90d": rng.gamma(1, 5, n),
+        }
+    )
+    logit = -1.5 + 0.9 * (out["net_service"] == "Fiber optic") - 0.03 * out["months_active"] + 0.4 * out["skips_7d"] / 5
+    out["churn_label"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return out
+
+
+def wire(rows: pd.DataFrame, specs) -> dict[str, tuple[str, np.ndarray]]:
+    """Rows as the transformer sends them: text as BYTES (None → ""), everything else FP64 with NaN for NULL."""
+    tensors = {}
+    for spec in specs:
+        col = rows[spec.name]
+        if spec.kind == "text":
+            tensors[spec.name] = ("BYTES", np.array([b"" if v is None else v.encode() for v in col], dtype=object))
+        else:
+            values = [np.nan if v is None or v != v else float(v) for v in col.astype(object)]
+            tensors[spec.name] = ("FP64", np.array(values, dtype=np.float64))
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return frame(1500, seed=1), frame(300, seed=2)
+
+
+def served(kind: str, train: pd.DataFrame) -> ServedModel:
+    pipeline = build_pipeline(kind, FEATURES, categorical_features(train, FEATURES), seed=0)
+    pipeline.fit(train[FEATURES], train["churn_label"])
+    signature = infer_signature(train[FEATURES], pipeline.predict_proba(train[FEATURES])[:, 1])
+    return ServedModel.from_pipeline(
+        pipeline, specs_from_signature(signature), version="7", threshold=0.3, probe=train[FEATURES].head(5)
+    )
+
+
+@pytest.mark.parametrize(("kind", "lean"), [("hgb", True), ("rf", True), ("logreg", False)])
+def test_scoring_equals_the_pipeline_for_every_model_kind(data, kind: str, lean: bool) -> None:
+    train, test = data
+    model = served(kind, train)
+    assert model.lean is lean  # logreg's one-hot + scaler is not the lean shape: scored through its Pipeline
+    columns, rows = model.columns_from_tensors(wire(test, model.specs))
+    assert rows == len(test)
+    expected = model.pipeline.predict_proba(test[FEATURES])[:, 1]
+    np.testing.assert_allclose(model.predict_proba(columns), expected, rtol=0, atol=1e-12)
+    assert model.labels(expected).tolist() == (expected >= 0.3).astype(int).tolist()
+
+
+def test_lean_path_handles_nulls_and_unseen_text_like_the_pipeline(data) -> None:
+    train, test = data
+    model = served("hgb", train)
+    rows = test.head(4).copy()
+    rows["net_service"] = ["Satellite", "DSL", "No", "Fiber optic"]  # an unseen category
+    rows["plan_stream_tv"] = [None, True, None, False]
+    expected = model.pipeline.predict_proba(rows[FEATURES])[:, 1]
+    columns, _ = model.columns_from_tensors(wire(rows, model.specs))
+    np.testing.assert_allclose(model.predict_proba(columns), expected, rtol=0, atol=1e-12)
+
+
+def test_a_lean_path_that_disagrees_falls_back_to_the_pipeline(data) -> None:
+    train, test = data
+    model = served("hgb", train)
+    codes = model._codes[model._cat_cols.index("net_service")]
+    codes["DSL"], codes["Fiber optic"] = codes["Fiber optic"], codes["DSL"]  # a broken mapping …
+    assert not model._lean_agrees(train[FEATURES].head(5))  # … is caught by the probe check
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.pop("skips_7d"), "'skips_7d' is missing"),
+        (lambda t: t.update(extra=("FP64", np.zeros(3))), "unexpected input 'extra'"),
+        (lambda t: t.update(net_service=("FP64", np.zeros(3))), "'net_service': datatype FP64; expected BYTES"),
+        (lambda t: t.update(skips_7d=("BYTES", np.array([b"a"] * 3, dtype=object))), "'skips_7d': datatype BYTES"),
+        (lambda t: t.update(skips_7d=("FP64", np.zeros(2))), "'skips_7d': 2 values, but other inputs have 3"),
+        (lambda t: t.update(paperless_billing=("FP64", np.array([1.0, 0.5, 0.0]))), "0.5 is not a boolean"),
+        (lambda t: t.update(monthly_fee=("FP64", np.array([1.0, np.nan, 2.0]))), "'monthly_fee': NULL/NaN"),
+        (lambda t: t.update(skips_7d=("FP64", np.zeros((3, 2)))), "shape [3, 2]"),
+    ],
+    ids=["absent", "unexpected", "text-as-number", "number-as-text", "ragged", "not-boolean", "null", "2d"],
+)
+def test_bad_feature_tensors_are_refused_naming_the_input(data, change, message: str) -> None:
+    train, test = data
+    model = served("hgb", train)
+    tensors = wire(test.head(3), model.specs)
+    change(tensors)
+    with pytest.raises(FeatureError) as err:
+        model.columns_from_tensors(tensors)
+    assert message in str(err.value)
+
+
+def test_contract_nulls_are_allowed_where_the_signature_says_optional(data) -> None:
+    train, _ = data
+    model = served("hgb", train)
+    optional = {s.name for s in model.specs if s.optional}
+    assert optional == {"plan_stream_tv", "plan_stream_movies"}
