@@ -11,7 +11,6 @@ StreamFlow's serving path is measured against, not part of the product.
 no batch route; it is here so the 1,000-user figure has a reference).
 """
 
-from __future__ import annotations
 
 import argparse
 
@@ -32,6 +31,8 @@ def build_app(model_uri: str):
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     model = mlflow.pyfunc.load_model(model_uri)
+    # Feast answers int64; the signature says int32 where the training frame had it, and pyfunc refuses to narrow
+    narrow = {c.name: "int32" for c in model.metadata.get_input_schema().inputs if c.type.name == "integer"}
     app = FastAPI(title="course-style churn API (reference)")
 
     class PredictRequest(BaseModel):
@@ -46,7 +47,8 @@ def build_app(model_uri: str):
         missing = [f for f in features if frame[f].isna().any() and not f.startswith("plan_stream")]
         if missing:
             return {"error": f"Missing features for user_id={user_ids[0]}", "missing_features": missing}
-        return {"user_ids": user_ids, "predictions": model.predict(frame).tolist(), "features": frame}
+        predictions = model.predict(frame.astype(narrow))
+        return {"user_ids": user_ids, "predictions": predictions.tolist(), "features": frame}
 
     @app.get("/health")
     def health() -> dict:

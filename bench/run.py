@@ -375,7 +375,7 @@ def _batch_ms(url: str, body: dict, reps: int = 20) -> float:
 def _measure(name: str, url: str, template: str, ids: list[str], pids: list[int], batch: tuple[str, dict]) -> dict:
     from urllib.parse import urlsplit
 
-    lua = _lua(WORK / f"{name}.lua", urlsplit(url).path, template, ids[:500])
+    lua = _lua(WORK / f"serving-{len(name)}.lua", urlsplit(url).path, template, ids[:500])
     _wrk(url, lua, 1, 3)  # warm-up
     c1 = _wrk(url, lua, 1, 10)
     cpu0 = _cpu_seconds(pids)
