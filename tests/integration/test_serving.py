@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import grpc
 import numpy as np
@@ -397,6 +399,50 @@ def test_metrics_count_requests_labels_missing_features_and_model(stack: Stack) 
     assert metric(stack.predictor, "streamflow_requests_total", server="predictor", protocol="grpc", status="OK") >= 1
     _, text = get(f"{stack.predictor}/metrics")
     assert "request_predict_seconds" in text  # KServe's own histograms are there too
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs the prometheus binary (.ci/run installs it)")
+def test_a_real_prometheus_scrapes_both_servers(stack: Stack, tmp_path: Path) -> None:
+    port = free_port()
+    targets = [urlsplit(stack.transformer).netloc, urlsplit(stack.predictor).netloc]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: streamflow\n    static_configs: [{{targets: {json.dumps(targets)}}}]\n"
+    )
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+
+    def query(promql: str) -> list[dict]:
+        _, body = get(f"{base}/api/v1/query?{urlencode({'query': promql})}")
+        return body["data"]["result"]
+
+    try:
+        wait_http(f"{base}/-/ready", proc, what="prometheus")
+        assert infer(stack, list(stack.feb.index[:3]))[0] == 200
+        deadline = time.monotonic() + 30
+        wanted = {
+            "up": 'up{job="streamflow"} == 1',
+            "requests": 'streamflow_requests_total{server="transformer",status="200"}',
+            "model": 'streamflow_model_info{server="predictor",alias="production"}',
+            "reachable": 'streamflow_registry_reachable{server="predictor"} == 1',
+        }
+        found: dict[str, list] = {}
+        while time.monotonic() < deadline:
+            found = {name: query(promql) for name, promql in wanted.items()}
+            if len(found["up"]) == 2 and all(found.values()):
+                break
+            time.sleep(0.5)
+        assert len(found["up"]) == 2, found
+        assert all(found.values()), found
+        assert found["model"][0]["metric"]["version"] == production_version(stack)
+    finally:
+        stop_group(proc)
 
 
 # ------------------------------------------------------------------------------------------------ hot reload
