@@ -298,8 +298,9 @@ def _column_for_pipeline(column: np.ndarray, spec: FeatureSpec) -> pd.Series | n
     return column
 
 
-def load_version(client, model_name: str, version, *, alias: str = "") -> ServedModel:
-    """Download and prepare one registered version (``version`` is an MLflow ModelVersion)."""
+def load_version(model_name: str, version) -> ServedModel:
+    """Download and prepare one registered version (``version`` is an MLflow ModelVersion) from the registry the
+    process points at (:func:`pipelines.train.mlflow_client` sets it)."""
     import tempfile
 
     import mlflow
@@ -319,6 +320,8 @@ def load_version(client, model_name: str, version, *, alias: str = "") -> Served
     if probe is None:
         probe = _synthetic_probe(specs)
     tags = dict(version.tags or {})
+    if "threshold" not in tags:
+        log.warning("%s has no threshold tag (not trained by streamflow train?): labels use 0.5", uri)
     threshold = float(tags.get("threshold", 0.5))
     return ServedModel.from_pipeline(
         pipeline,

@@ -66,6 +66,7 @@ def _kserve_model_class():
             self._client = None
             self._stop = threading.Event()
             self._reachable: bool | None = None
+            self._broken: str | None = None  # a version that failed to load: not retried until the alias moves
 
         # ------------------------------------------------------------ registry
 
@@ -81,7 +82,7 @@ def _kserve_model_class():
 
         def load(self) -> bool:
             version = self._alias_version()
-            self._swap(load_version(self._registry(), self.registered_model, version, alias=self.alias))
+            self._swap(load_version(self.registered_model, version))
             self._set_reachable(True)
             self.ready = True
             threading.Thread(target=self._poll, name="registry-poll", daemon=True).start()
@@ -119,11 +120,12 @@ def _kserve_model_class():
                 self._set_reachable(False)
                 return False
             self._set_reachable(True)
-            if self.served is not None and str(version.version) == self.served.version:
+            if self.served is not None and str(version.version) in (self.served.version, self._broken):
                 return False
             try:
-                model = load_version(self._registry(), self.registered_model, version, alias=self.alias)
+                model = load_version(self.registered_model, version)
             except Exception as err:  # noqa: BLE001 - a broken new version must not take the old one down
+                self._broken = str(version.version)
                 self.metrics.reloads.labels(self.metrics.server, "failed").inc()
                 log.error(
                     "version %s of %s could not be loaded, still serving %s: %s",
