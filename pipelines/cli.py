@@ -429,6 +429,7 @@ def serve(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         raise KeyboardInterrupt
 
     signals.signal(signals.SIGTERM, stop)
+    signals.signal(signals.SIGINT, stop)  # also when started in the background, where SIGINT comes in ignored
     servers.start()
     ready = {
         "transformer": servers.transformer_url,
