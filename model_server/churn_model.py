@@ -15,7 +15,6 @@ meaning NULL — accepted only where the model signature marks the feature optio
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -261,16 +260,6 @@ class ServedModel:
     def labels(self, proba: np.ndarray) -> np.ndarray:
         return (proba >= self.threshold).astype(np.int64)
 
-    def describe(self) -> dict[str, str]:
-        return {
-            "model_name": self.name,
-            "model_version": self.version,
-            "run_id": self.run_id,
-            "threshold": f"{self.threshold:.6f}",
-            "scoring": "lean" if self.lean else "pipeline",
-            "as_of": self.tags.get("as_of", ""),
-        }
-
 
 def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and value != value)
@@ -343,7 +332,3 @@ def _synthetic_probe(specs: list[FeatureSpec]) -> pd.DataFrame:
 
 def metadata_inputs(specs: list[FeatureSpec]) -> list[dict]:
     return [{"name": s.name, "datatype": s.datatype, "shape": [-1]} for s in specs]
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))

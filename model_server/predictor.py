@@ -28,10 +28,9 @@ from model_server.server import (
     ServerMetrics,
     add_request_metrics,
     base_parser,
-    grpc_status,
+    counted_call,
     request_guard,
     run_server,
-    timed,
 )
 from pipelines.config import Settings
 
@@ -149,11 +148,7 @@ def _kserve_model_class():
         # ------------------------------------------------------------ inference
 
         async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
-            # REST requests are counted by the HTTP middleware (it sees every status); gRPC ones here
-            if isinstance(body, InferRequest) and body.from_grpc:
-                parent = super().__call__
-                return await timed(self.metrics, "grpc", lambda: parent(body, headers, verb), grpc_status)
-            return await super().__call__(body, headers, verb)
+            return await counted_call(self.metrics, super().__call__, body, headers, verb)
 
         def predict(self, payload, headers=None, response_headers=None):
             model = self.served  # taken once: a swap during this request does not change it

@@ -272,7 +272,6 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
     # FastAPI 0.16x deprecates the ORJSONResponse KServe answers with and warns on *every* response (other
     # libraries' catch_warnings reset the once-only registry): a log line and ~0.3 ms per request
     warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
     if args.workers != 1:
         raise SystemExit("--workers: StreamFlow servers run one worker per process; scale with replicas")
     if not args.access_log:
@@ -307,22 +306,23 @@ async def _malformed(_request, exc):
     return JSONResponse({"error": f"malformed request{' at ' + where if where else ''}: {detail}"}, status_code=400)
 
 
-async def timed(
-    metrics: ServerMetrics, protocol: str, call: Callable[[], Awaitable], status_of: Callable[[BaseException], str]
-):
-    """Run one inference ``call``, counting it under ``protocol`` with the status ``status_of`` names for errors."""
+async def counted_call(metrics: ServerMetrics, call: Callable[..., Awaitable], body, headers, verb):
+    """``Model.__call__`` with gRPC requests counted and timed (REST ones are counted by the HTTP middleware of
+    :func:`add_request_metrics`, which sees every status, malformed bodies included)."""
+    if not getattr(body, "from_grpc", False):
+        return await call(body, headers, verb)
     start = time.perf_counter()
     status = "OK"
     try:
-        return await call()
+        return await call(body, headers, verb)
     except BaseException as err:
-        status = status_of(err)
+        status = _grpc_status(err)
         raise
     finally:
-        metrics.observe_request(protocol, status, time.perf_counter() - start)
+        metrics.observe_request("grpc", status, time.perf_counter() - start)
 
 
-def grpc_status(err: BaseException) -> str:
+def _grpc_status(err: BaseException) -> str:
     """The gRPC status KServe's interceptor sends for an exception."""
     from kserve.errors import InferenceError, InvalidInput, ModelNotReady
 

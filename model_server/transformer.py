@@ -28,10 +28,9 @@ from model_server.server import (
     ServerMetrics,
     add_request_metrics,
     base_parser,
-    grpc_status,
+    counted_call,
     request_guard,
     run_server,
-    timed,
 )
 from pipelines.config import Settings
 
@@ -68,16 +67,14 @@ def _classes():
         def __init__(self, name: str, features, predictor_protocol: str, max_batch: int, metrics: ServerMetrics):
             super().__init__(name)
             self.features = features
+            self.text_features = set(features.text_features)
             self.binary_hop = predictor_protocol == "grpc-v2"
             self.max_batch = max_batch
             self.metrics = metrics
             self.ready = True
 
         async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
-            if isinstance(body, InferRequest) and body.from_grpc:
-                parent = super().__call__
-                return await timed(self.metrics, "grpc", lambda: parent(body, headers, verb), grpc_status)
-            return await super().__call__(body, headers, verb)
+            return await counted_call(self.metrics, super().__call__, body, headers, verb)
 
         # ------------------------------------------------------------ request → features
 
@@ -130,10 +127,9 @@ def _classes():
             result = self.lookup(ids)
             _REQUEST_IDS.set(ids)
             inputs = []
-            text = set(self.features.text_features)
             for name in self.features.names:
                 column = result.columns[name]
-                if name in text:
+                if name in self.text_features:
                     array = np.array(["" if v is None else v for v in column], dtype=object)
                     tensor = InferInput(name, [len(array)], "BYTES")
                 else:
