@@ -11,7 +11,6 @@ StreamFlow's serving path is measured against, not part of the product.
 no batch route; it is here so the 1,000-user figure has a reference).
 """
 
-
 import argparse
 
 

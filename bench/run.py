@@ -13,7 +13,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -304,12 +303,6 @@ def _child_serving_setup(users: str, home: str) -> None:
     print(json.dumps({"production": champion.model_version, "rf_version": course.model_version, "user_ids": ids}))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of processes (from /proc), in seconds."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -372,10 +365,12 @@ def _batch_ms(url: str, body: dict, reps: int = 20) -> float:
     return round(float(np.percentile(times, 50)), 1)
 
 
-def _measure(name: str, url: str, template: str, ids: list[str], pids: list[int], batch: tuple[str, dict]) -> dict:
+def _measure(
+    key: str, name: str, url: str, template: str, ids: list[str], pids: list[int], batch: tuple[str, dict]
+) -> dict:
     from urllib.parse import urlsplit
 
-    lua = _lua(WORK / f"serving-{len(name)}.lua", urlsplit(url).path, template, ids[:500])
+    lua = _lua(WORK / f"serving-{key}.lua", urlsplit(url).path, template, ids[:500])
     _wrk(url, lua, 1, 3)  # warm-up
     c1 = _wrk(url, lua, 1, 10)
     cpu0 = _cpu_seconds(pids)
@@ -398,7 +393,7 @@ def _measure(name: str, url: str, template: str, ids: list[str], pids: list[int]
 
 
 def bench_serving(sizes: list[int]) -> dict:
-    from model_server.local import LocalServers, settings_env
+    from model_server.local import LocalServers, free_port, settings_env
     from pipelines.config import Settings
 
     if shutil.which("wrk") is None:
@@ -419,8 +414,8 @@ def bench_serving(sizes: list[int]) -> dict:
         v2 = '{"inputs":[{"name":"user_id","datatype":"BYTES","shape":[1],"data":["%s"]}]}'
         batch = {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1000], "data": ids[:1000]}]}
         pids = [p.pid for p in servers.procs.values()]
-        rows.append(_measure("streamflow v2: transformer + Feast + predictor (gRPC hop)", url, v2, ids, pids,
-                             (url, batch)))  # fmt: skip
+        name = "streamflow v2: transformer + Feast + predictor (gRPC hop)"
+        rows.append(_measure("streamflow", name, url, v2, ids, pids, (url, batch)))
     port = free_port()
     env = {**os.environ, **settings_env(settings)}
     course = subprocess.Popen(
@@ -441,9 +436,9 @@ def bench_serving(sizes: list[int]) -> dict:
                 if course.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"course-style server did not start; see {WORK / 'course_server.log'}") from None
                 time.sleep(0.5)
-        rows.append(_measure("course-style: FastAPI + Feast SDK per request + pyfunc RF-300", f"{base}/predict",
-                             '{"user_id":"%s"}', ids, [course.pid],
-                             (f"{base}/predict_batch", {"user_ids": ids[:1000]})))  # fmt: skip
+        name = "course-style: FastAPI + Feast SDK per request + pyfunc RF-300"
+        batch = (f"{base}/predict_batch", {"user_ids": ids[:1000]})
+        rows.append(_measure("course", name, f"{base}/predict", '{"user_id":"%s"}', ids, [course.pid], batch))
     finally:
         course.terminate()
         course.wait(timeout=30)

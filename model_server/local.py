@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,13 @@ from typing import Any
 
 from pipelines.config import Settings
 from pipelines.errors import StreamflowError
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for tests and benchmarks that start servers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
