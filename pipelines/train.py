@@ -77,7 +77,6 @@ def build_pipeline(kind: str, features: list[str], categorical: list[str], seed:
     numeric = [f for f in features if f not in categorical]
     if kind not in MODEL_KINDS:
         raise InvalidInput(f"--model {kind!r}: choose one of {', '.join(MODEL_KINDS)}")
-    ordinal = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-2, encoded_missing_value=-1)
     if kind == "logreg":
         encode = ColumnTransformer(
             [
@@ -93,10 +92,9 @@ def build_pipeline(kind: str, features: list[str], categorical: list[str], seed:
         )
         clf = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed)
     else:
-        if kind == "hgb":
-            ordinal = OrdinalEncoder(
-                handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan
-            )
+        # hgb reads NULL and unseen values as NaN (its native missing-value handling); rf needs numbers
+        unseen, null = (np.nan, np.nan) if kind == "hgb" else (-2, -1)
+        ordinal = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=unseen, encoded_missing_value=null)
         encode = ColumnTransformer([("cat", ordinal, categorical), ("num", "passthrough", numeric)])
         if kind == "hgb":
             # early stopping on an inner 10 % picks the number of trees per data size (about 40 at 7k users):
