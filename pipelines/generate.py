@@ -15,7 +15,9 @@ gone from month N+1, survivors age by a month, and about as many new users join.
 
 Drift knobs act on months with index >= ``drift_start``. They change the written features before labels are drawn,
 so labels stay consistent with the drifted features (covariate drift); ``churn_shift`` moves the intercept so that
-the log-odds of the month's base churn rate move by that much (target drift: 1.0 takes 24 % to 46 %). Drift is
+the log-odds of the month's base churn rate move by that much (target drift: 1.0 takes 24 % to 46 %);
+``concept_shift`` blends the churn model with a different one (concept drift: the same features, new reasons to
+leave — a model trained before the shift loses ranking quality although no feature distribution moved). Drift is
 applied to a copy of each month, never to the carried state, so it does not compound from month to month, and it
 picks the same users every month (a persistent per-user key), so a user moved to fibre stays on fibre. Randomness
 comes from one generator per month seeded by ``(seed, month)``: the same arguments write the same bytes, and months
@@ -157,6 +159,7 @@ def generate(
     drift: Sequence[DriftSpec] = (),
     drift_start: int = 1,
     churn_shift: float = 0.0,
+    concept_shift: float = 0.0,
     add_ons: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> GenerateResult:
@@ -171,6 +174,10 @@ def generate(
         drift_start: first month index the drift knobs and ``churn_shift`` act on.
         churn_shift: target drift of months >= ``drift_start``: the intercept moves so that the log-odds of the
             month's base churn rate move by this much (1.0 takes ~24 % to ~46 %, -1.0 to ~10 %).
+        concept_shift: concept drift of months >= ``drift_start``, in [0, 1]: the churn log-odds become
+            ``(1 - c) * usual + c * shifted``, where the shifted model turns price, heavy viewing and device count
+            into the reasons to leave and makes tenure and failed payments matter less; the month's churn rate stays
+            calibrated, so only the relation between features and label moves.
         add_ons: also write the four optional ``add_on_*`` columns of ``subscriptions.csv``.
         progress: called after each month is written with the number of months written so far.
 
@@ -189,6 +196,8 @@ def generate(
     _check_int("drift_start", drift_start, 0)
     if not math.isfinite(churn_shift):
         raise InvalidInput(f"churn_shift {churn_shift!r} is not a finite number")
+    if not (isinstance(concept_shift, numbers.Real) and 0.0 <= concept_shift <= 1.0):
+        raise InvalidInput(f"concept_shift {concept_shift!r} must be a number in [0, 1]")
     for spec in drift:
         _check_drift(spec)
 
@@ -216,9 +225,10 @@ def generate(
         # churn_shift moves the target rate's log-odds rather than adding to every user's: with users this spread
         # out, adding 1.0 to each logit would move the rate far less than the same shift on the rate itself.
         rate = _sigmoid(_logit(BASE_CHURN_RATE) + (churn_shift if active else 0.0))
-        intercept = _calibrated_intercept(_churn_logit(population), float(rate))
+        concept = concept_shift if active else 0.0
+        intercept = _calibrated_intercept(_churn_logit(population, concept), float(rate))
         view = _apply_drift(population, drift) if active and drift else population
-        logit = _churn_logit(view) + intercept
+        logit = _churn_logit(view, concept) + intercept
         labels = rng.random(len(logit)) < _sigmoid(logit)
         folder = out / month_dir_name(index)
         _write_month(folder, view, labels, add_ons)
@@ -429,7 +439,26 @@ def _apply_drift(users: _Population, drift: Sequence[DriftSpec]) -> _Population:
     return view
 
 
-def _churn_logit(users: _Population) -> np.ndarray:
+def _churn_logit(users: _Population, concept: float = 0.0) -> np.ndarray:
+    """Churn log-odds without intercept, blended with the shifted concept by ``concept`` (0: the usual model)."""
+    usual = _usual_logit(users)
+    return usual if concept == 0.0 else (1.0 - concept) * usual + concept * _shifted_logit(users)
+
+
+def _shifted_logit(users: _Population) -> np.ndarray:
+    """The concept-drift model: a price rise and a thinner catalogue make heavy, multi-device viewers leave."""
+    tenure = users["months_active"].astype(float)
+    return (
+        0.06 * (users["monthly_fee"] - 65.0)
+        + 2.0 * np.tanh(users["watch_hours_30d"] / 40.0)
+        + 0.5 * np.minimum(users["unique_devices_30d"], 5)
+        + 0.5 * np.exp(-tenure / 9.0)
+        + 0.3 * np.minimum(users["failed_payments_90d"], 2)
+        - 0.4 * (users["net"] == _FIBER)
+    )
+
+
+def _usual_logit(users: _Population) -> np.ndarray:
     """Churn log-odds without intercept: non-linear, with interactions, partly driven by hidden inputs."""
     tenure = users["months_active"].astype(float)
     contract = users["contract"]
