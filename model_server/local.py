@@ -76,6 +76,10 @@ class LocalServers:
         Raises:
             StreamflowError: a server exited or did not get ready in time (the message carries its log's end).
         """
+        return self.launch().wait_ready()
+
+    def launch(self) -> LocalServers:
+        """Start both processes and return at once (they load Feast and the model meanwhile)."""
         s = self.settings
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **settings_env(s), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
@@ -92,6 +96,10 @@ class LocalServers:
                 [sys.executable, "-m", f"model_server.{name}", "--host", s.serve_host, *args],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+        return self
+
+    def wait_ready(self) -> LocalServers:
+        """Wait until both launched servers answer ready; stop both if one fails."""
         try:
             self._wait_ready("predictor", self.predictor_url)
             self._wait_ready("transformer", self.transformer_url)

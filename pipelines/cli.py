@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import typer
@@ -127,6 +128,9 @@ def data_generate(
     drift: list[str] = typer.Option([], "--drift", help="FEATURE=SHIFT, repeatable (numeric: ×(1+SHIFT))."),
     drift_start: int = typer.Option(1, "--drift-start", help="First month index the drift knobs act on."),
     churn_shift: float = typer.Option(0.0, "--churn-shift", help="Added to the churn log-odds from --drift-start."),
+    concept_shift: float = typer.Option(
+        0.0, "--concept-shift", help="0..1: blend of a different churn model from --drift-start (concept drift)."
+    ),
     add_ons: bool = typer.Option(False, "--add-ons", help="Also write the four add_on_* columns."),
     as_json: bool = JsonOption,
 ) -> dict[str, Any]:
@@ -143,6 +147,7 @@ def data_generate(
             drift=specs,
             drift_start=drift_start,
             churn_shift=churn_shift,
+            concept_shift=concept_shift,
             add_ons=add_ons,
             progress=tick,
         )
@@ -334,6 +339,94 @@ def _gate_line(result: Any) -> str:
     )
 
 
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+@app.command()
+@command
+def drift(
+    ctx: typer.Context,
+    current_as_of: str = typer.Option(..., "--current-as-of", help="YYYY-MM-DD of the new month (B)."),
+    reference_as_of: str | None = typer.Option(
+        None, "--reference-as-of", help="YYYY-MM-DD to compare with (A); default the production model's as_of."
+    ),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """Evidently drift (features, churn_label, predictions) + the production model's AUC on B -> RETRAIN|NO_ACTION."""
+    from pipelines.drift import run_drift
+    from pipelines.months import parse_as_of
+
+    current = parse_as_of(current_as_of)
+    reference = parse_as_of(reference_as_of) if reference_as_of is not None else None
+    with _database(ctx) as db:
+        result = run_drift(_settings(ctx), db, current, reference)
+    if not as_json:
+        _print_drift(result)
+    return result.to_json()
+
+
+def _print_drift(result: Any) -> None:
+    table = RichTable("column", "test", "score", "drifted", title=(
+        f"drift {result.reference_as_of} -> {result.current_as_of} (model v{result.model_version}, "
+        f"{result.rows[result.reference_as_of.isoformat()]:,} vs {result.rows[result.current_as_of.isoformat()]:,} "
+        "rows)"
+    ))  # fmt: skip
+    comp = result.comparison
+    rows = [*comp.features, *(c for c in (comp.target, comp.prediction) if c is not None)]
+    for column in rows:
+        flag = "[red]yes[/]" if column.drifted else "no"
+        table.add_row(column.column, column.method, f"{column.score:.3f}", flag)
+    _out.print(table)
+    if result.realized_auc is not None:
+        _out.print(
+            f"realized ROC AUC on {result.current_as_of}: {result.realized_auc:.4f} "
+            f"(validation {result.validation_auc:.4f})"
+        )
+    _out.print(result.line(), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@command
+def retrain(
+    ctx: typer.Context,
+    as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of the month to train the challenger on."),
+    model: str | None = typer.Option(None, "--model", help="hgb (default), rf or logreg."),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """Train a challenger on an as_of and run the gate; the running predictor picks up a promotion by itself."""
+    from pipelines.monthly import retrain as run_retrain
+    from pipelines.months import parse_as_of
+
+    when = parse_as_of(as_of)
+    with _database(ctx) as db:
+        result = run_retrain(_settings(ctx), db, when, kind=model)
+    if not as_json:
+        if result.reused_version and result.trained is None:
+            _out.print(f"version {result.reused_version} was already trained on this training set of {when}")
+        _out.print(_gate_line(SimpleNamespace(**result.gate)))
+    return result.to_json()
+
+
+@app.command()
+@command
+def monthly(
+    ctx: typer.Context,
+    month_dir: Path = typer.Argument(..., help="A month folder (month_NNN) with the six CSV files."),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """The whole month: ingest -> snapshot -> materialize -> drift -> retrain if needed -> gate (safe to re-run)."""
+    from pipelines.monthly import run_monthly
+
+    log = (lambda msg: None) if as_json else _log_line
+    with _database(ctx) as db:
+        result = run_monthly(_settings(ctx), db, month_dir, log=log)
+    if not as_json:
+        _out.print(
+            f"{month_dir.name} (as_of {result.as_of}): {result.decision}; production = v{result.production_version}"
+        )
+    return result.to_json()
+
+
 @app.command()
 @command
 def status(ctx: typer.Context, as_json: bool = JsonOption) -> dict[str, Any]:
@@ -376,36 +469,48 @@ def _print_status(state: dict[str, Any], settings: Settings) -> None:
 def demo(
     ctx: typer.Context,
     users: int = typer.Option(7043, "--users"),
-    months: int = typer.Option(2, "--months"),
     seed: int = typer.Option(42, "--seed"),
     as_json: bool = JsonOption,
 ) -> dict[str, Any]:
-    """What `make demo` runs: generate months, ingest and snapshot each, print the state."""
+    """What `make demo` runs: three months through the loop (first model, a calm month, a drifted month), served."""
     from pipelines.demo import run_demo
 
     settings = _settings(ctx)
-    log = (lambda msg: None) if as_json else (lambda msg: _out.print(f"[bold cyan]▸[/] {msg}", highlight=False))
-    state = run_demo(settings, users=users, months=months, seed=seed, log=log)
+    log = (lambda msg: None) if as_json else _log_line
+    state = run_demo(settings, users=users, seed=seed, log=log)
     if not as_json:
         _print_status(state, settings)
+        months = RichTable("month", "decision", "why", "production", title="the monthly loop")
+        for month in state["months_run"]:
+            months.add_row(
+                Path(month["month_dir"]).name, month["decision"], "; ".join(month["reasons"]),
+                f"v{month['production_version']}",
+            )  # fmt: skip
+        _out.print(months)
+        served = state["serve"]
+        for key, title in (("before", "before the drifted month"), ("response", "after it")):
+            answer = served[key]
+            out = {o["name"]: o["data"] for o in answer["outputs"]}
+            table = RichTable(
+                "user_id", "churn_probability", "churn_label",
+                title=f"v2 answer {title} (model version {answer['model_version']})",
+            )  # fmt: skip
+            for user, proba, label in zip(out["user_id"], out["churn_probability"], out["churn_label"], strict=True):
+                table.add_row(user, f"{proba:.4f}", str(label))
+            _out.print(table)
         _out.print(f"state: {settings.home.resolve()}  (inspect it with `streamflow status`)")
+        _out.print(f"drift reports: {(settings.reports_dir / 'evidently').resolve()}")
         _out.print(
             f"MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {settings.tracking_uri} "
             "--port 5000"
         )
-        served = state["serve"]
-        answer = served["response"]
-        out = {o["name"]: o["data"] for o in answer["outputs"]}
-        answers = RichTable(
-            "user_id", "churn_probability", "churn_label",
-            title=f"v2 answer (model version {answer['model_version']})",
-        )  # fmt: skip
-        for user, proba, label in zip(out["user_id"], out["churn_probability"], out["churn_label"], strict=True):
-            answers.add_row(user, f"{proba:.4f}", str(label))
-        _out.print(answers)
-        _out.print("repeat it: `streamflow serve` in another terminal, then")
+        _out.print("repeat the request: `streamflow serve` in another terminal, then")
         _out.print(f"  {served['curl']}", highlight=False, soft_wrap=True)
     return state
+
+
+def _log_line(message: str) -> None:
+    _out.print(f"[bold cyan]▸[/] {message}", highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------------ serve

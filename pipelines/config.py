@@ -53,6 +53,27 @@ class Settings(BaseSettings):
     promotion_min_auc_gain: float = Field(
         default=0.002, description="A challenger must beat the champion's ROC AUC by at least this to be promoted."
     )
+    # monitoring (pipelines/drift.py): the decision of `streamflow drift` and `streamflow monthly`
+    drift_share_threshold: float = Field(
+        default=0.30, ge=0.0, le=1.0, description="RETRAIN when at least this share of the features drifted."
+    )
+    drift_column_threshold: float = Field(
+        default=0.1,
+        gt=0.0,
+        description="A column drifted when its score reaches this: normed Wasserstein distance (numbers) or "
+        "Jensen-Shannon distance (categories, the label).",
+    )
+    quality_drop_margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        description="RETRAIN when the production model's ROC AUC on a month's labels is this far below its "
+        "validation AUC.",
+    )
+    pushgateway_url: str | None = Field(
+        default=None,
+        description="Prometheus Pushgateway the drift job pushes its figures to (they are always written to "
+        "STREAMFLOW_HOME/metrics/*.prom too).",
+    )
     log_level: str = Field(default="WARNING", description="Python logging level of the CLI (logs go to stderr).")
 
     # serving (model_server/): the defaults are the embedded layout of DESIGN.md; the chart overrides them by env
@@ -75,7 +96,7 @@ class Settings(BaseSettings):
         default=1, ge=1, description="OpenMP/BLAS threads of the predictor (1: on 2 cores, threads fight the servers)."
     )
 
-    @field_validator("db_url", "mlflow_tracking_uri", mode="before")
+    @field_validator("db_url", "mlflow_tracking_uri", "pushgateway_url", mode="before")
     @classmethod
     def _blank_is_default(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -113,6 +134,16 @@ class Settings(BaseSettings):
     def datasets_dir(self) -> Path:
         """Training sets (parquet + manifest) per as_of."""
         return self.home / "datasets"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Drift reports (``evidently/drift_<A>_vs_<B>.{html,json}``)."""
+        return self.home / "reports"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Prometheus text files written by batch jobs (node-exporter textfile format)."""
+        return self.home / "metrics"
 
     @property
     def quarantine_dir(self) -> Path:

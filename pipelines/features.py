@@ -129,7 +129,8 @@ def feature_names(service) -> list[str]:
     return [f.name for projection in service.feature_view_projections for f in projection.features]
 
 
-def _service(store, settings: Settings):
+def feature_service(store, settings: Settings):
+    """The FeatureService the model reads; NotFound naming `streamflow features apply` when it is not registered."""
     from feast.errors import FeatureServiceNotFoundException
 
     try:
@@ -176,7 +177,7 @@ def materialize(settings: Settings, db: Database, as_of: date, store=None) -> Ma
     """
     _require_snapshot(db, as_of)
     store = store or open_store(settings)
-    service = _service(store, settings)
+    service = feature_service(store, settings)
     views = [store.get_feature_view(p.name) for p in service.feature_view_projections]
     start = as_of_timestamp(as_of)
     end = start + timedelta(days=1)
@@ -234,7 +235,7 @@ def build_dataset(settings: Settings, db: Database, as_of: date, store=None) -> 
     if labels.empty:
         raise NotFound(f"no labels stored for as_of {as_of.isoformat()}; ingest that month first")
     store = store or open_store(settings)
-    service = _service(store, settings)
+    service = feature_service(store, settings)
     names = feature_names(service)
     entity_df = pd.DataFrame({"user_id": labels["user_id"], "event_timestamp": as_of_timestamp(as_of)})
     joined = store.get_historical_features(entity_df=entity_df, features=service).to_df()
@@ -326,7 +327,7 @@ class OnlineFeatures:
 
     def __init__(self, settings: Settings, store=None) -> None:
         self.store = store or open_store(settings)
-        self.service = _service(self.store, settings)
+        self.service = feature_service(self.store, settings)
         self.names = feature_names(self.service)
         self._rules = _null_rules(self.service)
         self.text_features = [

@@ -199,12 +199,13 @@ def mlflow_client(settings: Settings):
     return client
 
 
-def _experiment_id(client, settings: Settings) -> str:
-    found = client.get_experiment_by_name(EXPERIMENT)
+def experiment_id(client, settings: Settings, name: str = EXPERIMENT) -> str:
+    """The id of an MLflow experiment, created on first use (local artifacts under STREAMFLOW_HOME)."""
+    found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     location = None if settings.tracking_uri.startswith("http") else settings.artifacts_dir.resolve().as_uri()
-    return client.create_experiment(EXPERIMENT, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location)
 
 
 def _git_commit() -> str:
@@ -303,6 +304,7 @@ def train(
     kind: str | None = None,
     seed: int | None = None,
     frame: pd.DataFrame | None = None,
+    dataset=None,
     store=None,
 ) -> TrainResult:
     """Train on the training set of ``as_of``, log the run and register a new ``challenger`` version.
@@ -314,6 +316,7 @@ def train(
         kind: model kind (default ``settings.model_kind``).
         seed: split and model seed (default ``settings.seed``).
         frame: an already built training set (tests use it to train on altered data); built through Feast if None.
+        dataset: the as_of's :class:`~pipelines.features.DatasetResult` when the caller built it already.
         store: a FeatureStore to reuse.
 
     Raises:
@@ -332,7 +335,7 @@ def train(
         raise InvalidInput(f"--model {kind!r}: choose one of {', '.join(MODEL_KINDS)}")
     store = store or open_store(settings)
     if frame is None:
-        dataset = build_dataset(settings, db, as_of, store=store)
+        dataset = dataset or build_dataset(settings, db, as_of, store=store)
         frame = pd.read_parquet(dataset.path)
         manifest = dataset.manifest
         manifest_path = dataset.manifest_path
@@ -341,7 +344,7 @@ def train(
     features = feature_names(store.get_feature_service(settings.feature_service))
     check_training_set(frame, features, as_of)
     client = mlflow_client(settings)
-    experiment_id = _experiment_id(client, settings)
+    experiment = experiment_id(client, settings)
 
     pipeline, categorical, valid_rows, proba, threshold, metrics, seconds = fit_and_score(frame, features, kind, seed)
     y_valid = valid_rows[LABEL].astype(int).to_numpy()
@@ -352,7 +355,7 @@ def train(
     signature = infer_signature(valid_features, pipeline.predict_proba(valid_features)[:, 1])
 
     data_hash = manifest["content_sha256"] if manifest else content_hash(frame)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{kind}-{as_of.isoformat()}") as run:
+    with mlflow.start_run(experiment_id=experiment, run_name=f"{kind}-{as_of.isoformat()}") as run:
         mlflow.log_params(
             {
                 "as_of": as_of.isoformat(),
@@ -409,6 +412,7 @@ def train(
         "seed": str(seed),
         "validation_auc": f"{metrics['roc_auc']:.6f}",
         "feature_service": settings.feature_service,
+        "training_set_sha256": data_hash,
     }.items():
         client.set_model_version_tag(MODEL_NAME, version.version, key, value)
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version.version)
@@ -433,7 +437,8 @@ class PromoteResult:
         return self.__dict__
 
 
-def _alias(client, alias: str):
+def version_by_alias(client, alias: str):
+    """The version of ``streamflow_churn`` holding ``alias``, or None."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -473,9 +478,9 @@ def promote(settings: Settings, db: Database, *, rollback: bool = False, store=N
 
     client = mlflow_client(settings)
     margin = settings.promotion_min_auc_gain
-    champion = _alias(client, PRODUCTION)
+    champion = version_by_alias(client, PRODUCTION)
     if rollback:
-        previous = _alias(client, PREVIOUS)
+        previous = version_by_alias(client, PREVIOUS)
         if previous is None or champion is None:
             raise NotFound(f"nothing to roll back to: {MODEL_NAME} has no '{PREVIOUS}' version")
         client.set_registered_model_alias(MODEL_NAME, PRODUCTION, previous.version)
@@ -486,7 +491,7 @@ def promote(settings: Settings, db: Database, *, rollback: bool = False, store=N
             "rolled_back", None, str(champion.version), None, None, None, margin, str(previous.version)
         )
 
-    challenger = _alias(client, CHALLENGER)
+    challenger = version_by_alias(client, CHALLENGER)
     if challenger is None:
         raise NotFound(f"{MODEL_NAME} has no '{CHALLENGER}' version: run `streamflow train --as-of DATE` first")
     if champion is not None and champion.version == challenger.version:

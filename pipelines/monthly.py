@@ -1,0 +1,217 @@
+"""``streamflow retrain`` and ``streamflow monthly``: the closed loop, one month at a time.
+
+``monthly`` is the sequence the monthly Argo workflow runs, in one process: ingest → snapshot → materialize → drift →
+retrain if the decision says so → gate. The predictor polls the registry, so a promotion reaches the served model
+without a redeploy.
+
+Both are safe to re-run for the same month. ``retrain`` finds a version already trained on the same training set
+(same as_of, data hash, model kind and seed) and reports its gate decision instead of registering a twin; ``monthly``
+judges the model that was in production when the month arrived — after a promotion for month B, that is the version
+the new one replaced — so a re-run compares the same months with the same model and reaches the same decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Settings
+from pipelines.db import Database
+from pipelines.errors import NotFound
+
+
+@dataclass
+class RetrainResult:
+    as_of: date
+    trained: dict[str, Any] | None  # the new version's training summary; None when an earlier one was reused
+    gate: dict[str, Any]
+    reused_version: str | None = None
+
+    @property
+    def production_version(self) -> str:
+        return str(self.gate["production_version"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "as_of": self.as_of.isoformat(),
+            "trained": self.trained,
+            "gate": self.gate,
+            "reused_version": self.reused_version,
+            "production_version": self.production_version,
+        }
+
+
+def _same_training(client, as_of: date, kind: str, seed: int, data_hash: str):
+    """The newest version trained on exactly this training set with this kind and seed, or None."""
+    from pipelines.train import MODEL_NAME
+
+    wanted = {"as_of": as_of.isoformat(), "model_kind": kind, "seed": str(seed), "training_set_sha256": data_hash}
+    found = [
+        v
+        for v in client.search_model_versions(f"name = '{MODEL_NAME}'")
+        if all(v.tags.get(k) == value for k, value in wanted.items())
+    ]
+    return max(found, key=lambda v: int(v.version), default=None)
+
+
+def _recorded_gate(client, version) -> dict[str, Any]:
+    """A gate decision already written on a version's tags, in the shape of PromoteResult.to_json()."""
+    from pipelines.train import PRODUCTION, version_by_alias
+
+    def number(key: str) -> float | None:
+        value = version.tags.get(key, "none")
+        return None if value == "none" else float(value)
+
+    production = version_by_alias(client, PRODUCTION)
+    champion = version.tags.get("gate.champion_version", "none")
+    return {
+        "decision": version.tags["gate.decision"],
+        "challenger_version": str(version.version),
+        "champion_version": None if champion == "none" else champion,
+        "challenger_auc": number("gate.challenger_auc"),
+        "champion_auc": number("gate.champion_auc"),
+        "evaluated_on": version.tags.get("gate.evaluated_on"),
+        "margin": float(version.tags.get("gate.margin", "nan")),
+        "production_version": None if production is None else str(production.version),
+    }
+
+
+def retrain(
+    settings: Settings, db: Database, as_of: date, *, kind: str | None = None, seed: int | None = None, store=None
+) -> RetrainResult:
+    """Build the as_of's training set, train a challenger on it and run the promotion gate.
+
+    Raises:
+        NotFound: no snapshot or labels for ``as_of``; the Feast repo not applied.
+        InvalidInput: a training set no model should be fitted on.
+        StreamflowError: MLflow unreachable.
+    """
+    from pipelines.features import build_dataset, open_store
+    from pipelines.train import CHALLENGER, mlflow_client, promote, train, version_by_alias
+
+    kind = kind or settings.model_kind
+    seed = settings.seed if seed is None else seed
+    store = store or open_store(settings)
+    client = mlflow_client(settings)
+    dataset = build_dataset(settings, db, as_of, store=store)
+    earlier = _same_training(client, as_of, kind, seed, dataset.manifest["content_sha256"])
+    if earlier is not None and "gate.decision" in earlier.tags:
+        return RetrainResult(as_of, None, _recorded_gate(client, earlier), reused_version=str(earlier.version))
+    challenger = version_by_alias(client, CHALLENGER)
+    if earlier is not None and challenger is not None and challenger.version == earlier.version:
+        trained, reused = None, str(earlier.version)  # trained before, never judged: judge it now
+    else:
+        trained = train(settings, db, as_of, kind=kind, seed=seed, dataset=dataset, store=store).to_json()
+        reused = None
+    gate = promote(settings, db, store=store).to_json()
+    return RetrainResult(as_of, trained, gate, reused_version=reused)
+
+
+# ------------------------------------------------------------------------------------------------ monthly
+
+
+@dataclass
+class MonthlyResult:
+    month_dir: Path
+    as_of: date
+    steps: dict[str, Any]
+    decision: str  # RETRAIN | NO_ACTION | BOOTSTRAP (no model yet: the month trained the first one)
+    reasons: list[str]
+    production_version: str | None
+    line: str | None = None  # the drift decision line when drift ran
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "month_dir": str(self.month_dir),
+            "as_of": self.as_of.isoformat(),
+            "decision": self.decision,
+            "reasons": self.reasons,
+            "production_version": self.production_version,
+            "line": self.line,
+            **self.steps,
+        }
+
+
+def judged_version(client, production, as_of: date):
+    """The version that was in production when month ``as_of`` arrived.
+
+    The production version itself, unless it was trained on that month (the month was retrained and the new model
+    promoted): then the version it replaced, or None when it replaced nothing.
+    """
+    from pipelines.train import MODEL_NAME
+
+    if production.tags.get("as_of") != as_of.isoformat():
+        return production
+    replaced = production.tags.get("gate.champion_version", "none")
+    return None if replaced == "none" else client.get_model_version(MODEL_NAME, replaced)
+
+
+def run_monthly(
+    settings: Settings, db: Database, month_dir: Path, *, store=None, log: Callable[[str], None] = lambda _: None
+) -> MonthlyResult:
+    """The whole month: ingest → snapshot → materialize → drift → retrain if needed → gate.
+
+    With no production model yet, the month trains the first one (decision BOOTSTRAP, no drift to judge).
+
+    Raises:
+        InvalidInput / NotFound: a bad month folder (nothing stored changes), as ``ingest`` raises them.
+        StreamflowError: MLflow unreachable.
+    """
+    from pipelines.drift import RETRAIN, run_drift
+    from pipelines.features import apply_repo, feature_service, materialize, open_store
+    from pipelines.ingest import check_month_dir, ingest_month
+    from pipelines.months import infer_as_of
+    from pipelines.snapshot import take_snapshot
+    from pipelines.train import PRODUCTION, mlflow_client, version_by_alias
+
+    check_month_dir(month_dir)
+    as_of = infer_as_of(month_dir)
+    steps: dict[str, Any] = {}
+    ingested = ingest_month(db, settings, month_dir, as_of)
+    steps["ingest"] = ingested.to_json()
+    log(f"ingested {month_dir.name} (as_of {as_of}): {ingested.loaded:,} rows, {ingested.quarantined:,} quarantined")
+    steps["snapshot"] = take_snapshot(db, as_of).to_json()
+    store = store or open_store(settings)
+    try:
+        feature_service(store, settings)
+    except NotFound:  # a first month on an empty state: register the feature repo
+        steps["apply"] = apply_repo(settings).to_json()
+        store = open_store(settings)
+        log(f"feast apply: feature service {settings.feature_service} registered")
+    materialized = materialize(settings, db, as_of, store=store)
+    steps["materialize"] = materialized.to_json()
+    log(materialized.skipped or f"materialized as_of {as_of} into the online store")
+
+    client = mlflow_client(settings)
+    production = version_by_alias(client, PRODUCTION)
+    judged = None if production is None else judged_version(client, production, as_of)
+    if judged is None:
+        if production is None:
+            reasons = ["no production model yet: this month trains the first one"]
+        else:
+            reasons = [f"version {production.version} in production was trained on this month and replaced none"]
+        retrained = retrain(settings, db, as_of, store=store)
+        steps |= {"drift": None, "retrain": retrained.to_json()}
+        log(f"{reasons[0]}; gate {retrained.gate['decision']}, production = v{retrained.production_version}")
+        return MonthlyResult(month_dir, as_of, steps, "BOOTSTRAP", reasons, retrained.production_version)
+
+    drift = run_drift(settings, db, as_of, model_version=str(judged.version), store=store)
+    steps["drift"] = drift.to_json()
+    log(drift.line())
+    steps["retrain"] = None
+    production_version = str(production.version)
+    if drift.decision == RETRAIN:
+        retrained = retrain(settings, db, as_of, store=store)
+        steps["retrain"] = retrained.to_json()
+        production_version = retrained.production_version
+        gate = retrained.gate
+        again = f" (recorded on v{retrained.reused_version})" if retrained.reused_version else ""
+        log(
+            f"retrained on {as_of}: challenger v{gate['challenger_version']} AUC {gate['challenger_auc']:.4f} vs "
+            f"champion {gate['champion_auc'] if gate['champion_auc'] is None else round(gate['champion_auc'], 4)} "
+            f"-> {gate['decision']}{again}; production = v{production_version}"
+        )
+    return MonthlyResult(month_dir, as_of, steps, drift.decision, drift.reasons, production_version, drift.line())
