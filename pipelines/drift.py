@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -402,15 +401,14 @@ def _auc(frame: pd.DataFrame) -> float | None:
 
 
 def _atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then rename over ``path``: a reader never sees half a file (file mode from the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _save_reports(result: DriftResult) -> None:

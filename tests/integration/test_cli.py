@@ -156,8 +156,9 @@ def test_kill_in_the_middle_of_a_month_leaves_the_previous_state(
 
 @pytest.mark.slow
 def test_demo_ends_with_a_v2_answer_and_serve_keeps_both_servers_up(tmp_path: Path) -> None:
-    """`streamflow demo` runs the loop and a real v2 request; `streamflow serve` then serves the same state until
-    SIGTERM stops it and both servers with it. Free ports: the defaults may be taken on a shared machine."""
+    """`streamflow demo` runs the loop — first model, a calm month, a drifted month retrained and promoted — with
+    real v2 requests before and after; `streamflow serve` then serves the same state until SIGTERM stops it and both
+    servers with it. Free ports: the defaults may be taken on a shared machine."""
     import urllib.request
 
     from tests.conftest import free_port
@@ -170,11 +171,16 @@ def test_demo_ends_with_a_v2_answer_and_serve_keeps_both_servers_up(tmp_path: Pa
     proc = subprocess.run([STREAMFLOW, "demo", "--users", "400", "--json"], env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    served = one_json(proc)["serve"]
+    state = one_json(proc)
+    assert [m["decision"] for m in state["months_run"]] == ["BOOTSTRAP", "NO_ACTION", "RETRAIN"]
+    assert [m["production_version"] for m in state["months_run"]] == ["1", "1", "2"]
+    assert state["months_run"][2]["retrain"]["gate"]["decision"] == "promoted"
+    served = state["serve"]
     answer = {o["name"]: o["data"] for o in served["response"]["outputs"]}
     assert answer["user_id"] == served["request_user_ids"] and len(answer["user_id"]) == 3
     assert all(0.0 <= p <= 1.0 for p in answer["churn_probability"]) and set(answer["churn_label"]) <= {0, 1}
-    assert served["response"]["model_version"] == "1"
+    # the same running servers answered from version 1, then from version 2 once it was promoted
+    assert served["before"]["model_version"] == "1" and served["response"]["model_version"] == "2"
     assert f"localhost:{ports['STREAMFLOW_TRANSFORMER_HTTP_PORT']}/v2/models/streamflow-churn/infer" in served["curl"]
 
     serve = subprocess.Popen([STREAMFLOW, "serve", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

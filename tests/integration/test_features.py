@@ -119,9 +119,7 @@ def test_lookup_equals_feast_get_online_features(loaded) -> None:
     no_internet = feb.index[feb["net_service"] == "No"][0]
     ids = [*feb.sample(n=min(150, len(feb)), random_state=1).index, no_internet, "0000-NOONE", no_internet]
     ours = lookup.lookup(ids)
-    sdk = lookup.store.get_online_features(
-        features=lookup.service, entity_rows=[{"user_id": u} for u in ids]
-    ).to_dict()
+    sdk = lookup.store.get_online_features(features=lookup.service, entity_rows=[{"user_id": u} for u in ids]).to_dict()
     for name in lookup.names:
         assert ours.columns[name] == sdk[name], name
     assert set(ours.missing) == {"0000-NOONE"}
