@@ -36,6 +36,12 @@ def run_child(args: list[str]) -> tuple[str, float, float]:
     return out, time.perf_counter() - start, usage.ru_maxrss / 1024
 
 
+def run_self(*args: str) -> tuple[dict, float, float]:
+    """Run one of this file's ``_child-*`` entry points; return (its last JSON line, wall seconds, peak RSS MiB)."""
+    out, wall, peak = run_child([sys.executable, __file__, *args])
+    return json.loads(out.strip().splitlines()[-1]), wall, peak
+
+
 def _data(users: int) -> Path:
     out = WORK / f"data-{users}"
     if not (out / "month_000" / "labels.csv").exists():
@@ -87,8 +93,7 @@ def bench_ingest(sizes: list[int]) -> dict:
         month = _data(users)
         home = WORK / f"home-{users}"
         shutil.rmtree(home, ignore_errors=True)
-        out, wall, peak_mib = run_child([sys.executable, __file__, "_child-ingest", str(month), str(home)])
-        child = json.loads(out.strip().splitlines()[-1])
+        child, wall, peak_mib = run_self("_child-ingest", str(month), str(home))
         work = child["ingest_validate_s"] + child["snapshot_s"]
         rows.append(
             {
@@ -168,8 +173,8 @@ def bench_features(sizes: list[int]) -> dict:
         _data(users)
         home = WORK / f"home-features-{users}"
         shutil.rmtree(home, ignore_errors=True)
-        out, _, peak = run_child([sys.executable, __file__, "_child-features", str(users), str(home)])
-        row = json.loads(out.strip().splitlines()[-1]) | {"peak_rss_mib": round(peak)}
+        row, _, peak = run_self("_child-features", str(users), str(home))
+        row["peak_rss_mib"] = round(peak)
         rows.append(row)
         print(f"features {users:>9,} users: {row}", flush=True)
         shutil.rmtree(home, ignore_errors=True)
@@ -251,8 +256,7 @@ def bench_models(sizes: list[int]) -> dict:
         _data(users)
         home = WORK / f"home-models-{users}"
         shutil.rmtree(home, ignore_errors=True)
-        out, _, _ = run_child([sys.executable, __file__, "_child-models", str(users), str(home)])
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        results.append(run_self("_child-models", str(users), str(home))[0])
         print(f"models {users:>9,} users: {results[-1]}", flush=True)
         shutil.rmtree(home, ignore_errors=True)
     return {
@@ -402,8 +406,7 @@ def bench_serving(sizes: list[int]) -> dict:
     _data(users)
     home = WORK / "home-serving"
     shutil.rmtree(home, ignore_errors=True)
-    out, _, _ = run_child([sys.executable, __file__, "_child-serving-setup", str(users), str(home)])
-    setup = json.loads(out.strip().splitlines()[-1])
+    setup = run_self("_child-serving-setup", str(users), str(home))[0]
     ids = setup["user_ids"]
     ports = {name: free_port() for name in ("transformer_http_port", "transformer_grpc_port", "predictor_http_port",
                                             "predictor_grpc_port")}  # fmt: skip
@@ -560,8 +563,8 @@ def bench_drift(sizes: list[int]) -> dict:
     rows = []
     for size in sizes:
         for method in ("streamflow", "evidently-preset"):
-            out, _, peak = run_child([sys.executable, __file__, "_child-drift", str(size), method])
-            row = json.loads(out.strip().splitlines()[-1]) | {"peak_rss_mib": round(peak)}
+            row, _, peak = run_self("_child-drift", str(size), method)
+            row["peak_rss_mib"] = round(peak)
             rows.append(row)
             print(f"drift {size:>9,} rows: {row}", flush=True)
     shutil.rmtree(home, ignore_errors=True)
