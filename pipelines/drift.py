@@ -123,8 +123,10 @@ def compare(
     Raises:
         InvalidInput: an empty month, or a feature column missing from one of them.
     """
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Evidently's imports warn about numpy and litestar deprecations
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.metrics import ValueDrift
 
     _check_frames(reference, current, features, names)
     extra_num = [PREDICTION] if PREDICTION in reference and PREDICTION in current else []
