@@ -274,7 +274,9 @@ def decide(
         calm.append(f"no target drift ({rates})")
     if realized_auc is None:
         calm.append(f"realized AUC undefined ({names[1]} has a single {LABEL} class)")
-    elif validation_auc is not None and validation_auc - realized_auc > margin:
+    elif validation_auc is None:
+        calm.append(f"ROC AUC {realized_auc:.4f} on {names[1]} (the version records no validation AUC)")
+    elif validation_auc - realized_auc > margin:
         reasons.append(
             f"quality drop: ROC AUC {realized_auc:.4f} on {names[1]} vs {validation_auc:.4f} at validation "
             f"(drop {validation_auc - realized_auc:.4f} > {margin:g})"
