@@ -284,14 +284,17 @@ def test_figures_are_written_as_prometheus_text_and_pushed_to_a_real_pushgateway
 # ------------------------------------------------------------------------------------------------ monthly
 
 
-def test_monthly_closes_the_loop_and_is_safe_to_rerun(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["embedded", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_monthly_closes_the_loop_and_is_safe_to_rerun(backend: str, tmp_path: Path, request) -> None:
     """Three months through `monthly`: first model, a calm month, a drifted one (retrained and promoted); re-running
-    the drifted month changes nothing and reaches the same decision. Then the CLI's one JSON object."""
+    the drifted month changes nothing and reaches the same decision. Then the CLI's one JSON object. On both
+    backends: in Postgres mode the tables, Feast's stores and registry, and MLflow all live in a real PostgreSQL."""
     from pipelines.demo import CONCEPT_SHIFT, DRIFT
 
     months = generate(tmp_path / "data", users=1500, months=3, seed=SEED, drift=[parse_drift(d) for d in DRIFT],
                       drift_start=2, concept_shift=CONCEPT_SHIFT).months  # fmt: skip
-    settings = Settings(home=tmp_path / "home", db_url=None)
+    db_url = request.getfixturevalue("postgres_url") if backend == "postgres" else None
+    settings = Settings(home=tmp_path / "home", db_url=db_url)
     db = connect(settings)
     try:
         first = run_monthly(settings, db, months[0].folder)
@@ -307,7 +310,7 @@ def test_monthly_closes_the_loop_and_is_safe_to_rerun(tmp_path: Path) -> None:
         db.close()
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     versions = len(client.search_model_versions(f"name = '{MODEL_NAME}'"))
-    env = {"STREAMFLOW_HOME": str(settings.home), "STREAMFLOW_DB_URL": ""}
+    env = {"STREAMFLOW_HOME": str(settings.home), "STREAMFLOW_DB_URL": db_url or ""}
     streamflow = str(Path(sys.executable).parent / "streamflow")
     proc = subprocess.run([streamflow, "monthly", str(months[2].folder), "--json"], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=600)  # fmt: skip
