@@ -6,8 +6,9 @@ without a redeploy.
 
 Both are safe to re-run for the same month. ``retrain`` finds a version already trained on the same training set
 (same as_of, data hash, model kind and seed) and reports its gate decision instead of registering a twin; ``monthly``
-judges the model that was in production when the month arrived — after a promotion for month B, that is the version
-the new one replaced — so a re-run compares the same months with the same model and reaches the same decision.
+judges the model that was in production when the month arrived — after a promotion for month B, that is the newest
+version promoted before B — so a re-run compares the same months with the same model and reaches the same decision.
+An older month re-run after newer ones never retrains: a model of an older month never replaces a newer one.
 """
 
 from __future__ import annotations
@@ -136,17 +137,23 @@ class MonthlyResult:
 
 
 def judged_version(client, production, as_of: date):
-    """The version that was in production when month ``as_of`` arrived.
+    """The version that was in production when month ``as_of`` arrived, or None when there was none.
 
-    The production version itself, unless it was trained on that month (the month was retrained and the new model
-    promoted): then the version it replaced, or None when it replaced nothing.
+    The production version itself when it was trained on an earlier month (the usual case: a new month). Otherwise
+    the month was processed before — retrained, or later months came after it — and the model that faced it is the
+    newest version promoted by the gate among those trained before it.
     """
     from pipelines.train import MODEL_NAME
 
-    if production.tags.get("as_of") != as_of.isoformat():
+    month = as_of.isoformat()
+    if production.tags.get("as_of", "") < month:
         return production
-    replaced = production.tags.get("gate.champion_version", "none")
-    return None if replaced == "none" else client.get_model_version(MODEL_NAME, replaced)
+    before = [
+        v
+        for v in client.search_model_versions(f"name = '{MODEL_NAME}'")
+        if v.tags.get("as_of", "") < month and v.tags.get("gate.decision") == "promoted"
+    ]
+    return max(before, key=lambda v: (v.tags["as_of"], int(v.version)), default=None)
 
 
 def run_monthly(
@@ -187,7 +194,16 @@ def run_monthly(
 
     client = mlflow_client(settings)
     production = version_by_alias(client, PRODUCTION)
+    # a month older than the production model's never replaces it (as the online store never goes back in time)
+    newer = None if production is None else production.tags.get("as_of", "")
+    newer = newer if newer and newer > as_of.isoformat() else None
     judged = None if production is None else judged_version(client, production, as_of)
+    if judged is None and newer:
+        reasons = [f"nothing to judge: no model was in production before {as_of}, and v{production.version} in "
+                   f"production was trained on a newer month ({newer})"]  # fmt: skip
+        steps |= {"drift": None, "retrain": None}
+        log(reasons[0])
+        return MonthlyResult(month_dir, as_of, steps, "NO_ACTION", reasons, str(production.version))
     if judged is None:
         if production is None:
             reasons = ["no production model yet: this month trains the first one"]
@@ -203,7 +219,14 @@ def run_monthly(
     log(drift.line())
     steps["retrain"] = None
     production_version = str(production.version)
-    if drift.decision == RETRAIN:
+    reasons = list(drift.reasons)
+    if drift.decision == RETRAIN and newer:
+        reasons.append(
+            f"not retrained: v{production.version} in production was trained on a newer month ({newer}); "
+            "an older month never replaces it"
+        )
+        log(reasons[-1])
+    elif drift.decision == RETRAIN:
         retrained = retrain(settings, db, as_of, store=store)
         steps["retrain"] = retrained.to_json()
         production_version = retrained.production_version
@@ -214,4 +237,4 @@ def run_monthly(
             f"champion {gate['champion_auc'] if gate['champion_auc'] is None else round(gate['champion_auc'], 4)} "
             f"-> {gate['decision']}{again}; production = v{production_version}"
         )
-    return MonthlyResult(month_dir, as_of, steps, drift.decision, drift.reasons, production_version, drift.line())
+    return MonthlyResult(month_dir, as_of, steps, drift.decision, reasons, production_version, drift.line())

@@ -322,6 +322,20 @@ def test_monthly_closes_the_loop_and_is_safe_to_rerun(backend: str, tmp_path: Pa
     assert again["drift"]["mlflow_run_id"] == drifted.steps["drift"]["mlflow_run_id"]
     assert again["retrain"]["reused_version"] == "2" and again["retrain"]["trained"] is None
     assert len(client.search_model_versions(f"name = '{MODEL_NAME}'")) == versions
+    # an older month re-run after newer ones: judged by the model that faced it then, and it never retrains
+    db = connect(settings)
+    try:
+        old = run_monthly(settings, db, months[1].folder)
+        first_again = run_monthly(settings, db, months[0].folder)
+    finally:
+        db.close()
+    assert first_again.decision == NO_ACTION and first_again.production_version == "2"
+    assert first_again.reasons[0].startswith("nothing to judge: no model was in production before 2024-01-31")
+    assert old.decision == NO_ACTION and old.production_version == "2"
+    assert old.steps["drift"]["model_version"] == "1"
+    assert old.steps["drift"]["mlflow_run_id"] == calm.steps["drift"]["mlflow_run_id"]
+    assert old.steps["materialize"]["skipped"]  # the online store keeps the newest month
+    assert len(client.search_model_versions(f"name = '{MODEL_NAME}'")) == versions
     # the CLI's bad input: one JSON error object naming the month, exit code 2
     missing = subprocess.run([streamflow, "drift", "--current-as-of", "2024-07-31", "--json"],
                              env={**os.environ, **env}, capture_output=True, text=True, timeout=600)  # fmt: skip
