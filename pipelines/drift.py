@@ -286,11 +286,14 @@ def decide(
     return (RETRAIN, reasons) if reasons else (NO_ACTION, calm)
 
 
-def _month_frame(settings: Settings, db: Database, as_of: date, store) -> pd.DataFrame:
-    """The month's labelled users and their features (the point-in-time training set of that as_of)."""
+def _month_frame(settings: Settings, db: Database, as_of: date, store, built=None) -> pd.DataFrame:
+    """The month's labelled users and their features (the point-in-time training set of that as_of); ``built``: its
+    DatasetResult when the caller already built it."""
     from pipelines.features import build_dataset
 
-    return pd.read_parquet(build_dataset(settings, db, as_of, store=store).path)
+    if built is None or built.as_of != as_of:
+        built = build_dataset(settings, db, as_of, store=store)
+    return pd.read_parquet(built.path)
 
 
 def run_drift(
@@ -300,6 +303,7 @@ def run_drift(
     reference_as_of: date | None = None,
     *,
     model_version: str | None = None,
+    current_dataset=None,
     store=None,
 ) -> DriftResult:
     """Compare ``current_as_of`` with the reference month, score the model on the current labels, decide, and
@@ -309,6 +313,7 @@ def run_drift(
         current_as_of: the new month (B).
         reference_as_of: the month to compare with (A); default the ``as_of`` tag of the judged model version.
         model_version: the version judged; default the one holding alias ``production``.
+        current_dataset: B's :class:`~pipelines.features.DatasetResult` when the caller built it already.
 
     Raises:
         NotFound: no production model, or no snapshot / labels for one of the months.
@@ -341,7 +346,7 @@ def run_drift(
     store = store or open_store(settings)
     features = feature_names(store.get_feature_service(version.tags.get("feature_service", settings.feature_service)))
     reference = _month_frame(settings, db, reference_as_of, store)
-    current = _month_frame(settings, db, current_as_of, store)
+    current = _month_frame(settings, db, current_as_of, store, built=current_dataset)
     _check_frames(reference, current, features, names)
     loaded = time.perf_counter()
 

@@ -58,32 +58,18 @@ def _same_training(client, as_of: date, kind: str, seed: int, data_hash: str):
     return max(found, key=lambda v: int(v.version), default=None)
 
 
-def _recorded_gate(client, version) -> dict[str, Any]:
-    """A gate decision already written on a version's tags, in the shape of PromoteResult.to_json()."""
-    from pipelines.train import PRODUCTION, version_by_alias
-
-    def number(key: str) -> float | None:
-        value = version.tags.get(key, "none")
-        return None if value == "none" else float(value)
-
-    production = version_by_alias(client, PRODUCTION)
-    champion = version.tags.get("gate.champion_version", "none")
-    return {
-        "decision": version.tags["gate.decision"],
-        "challenger_version": str(version.version),
-        "champion_version": None if champion == "none" else champion,
-        "challenger_auc": number("gate.challenger_auc"),
-        "champion_auc": number("gate.champion_auc"),
-        "evaluated_on": version.tags.get("gate.evaluated_on"),
-        "margin": float(version.tags.get("gate.margin", "nan")),
-        "production_version": None if production is None else str(production.version),
-    }
-
-
 def retrain(
-    settings: Settings, db: Database, as_of: date, *, kind: str | None = None, seed: int | None = None, store=None
+    settings: Settings,
+    db: Database,
+    as_of: date,
+    *,
+    kind: str | None = None,
+    seed: int | None = None,
+    dataset=None,
+    store=None,
 ) -> RetrainResult:
-    """Build the as_of's training set, train a challenger on it and run the promotion gate.
+    """Build the as_of's training set (unless ``dataset`` is it already), train a challenger on it and run the
+    promotion gate.
 
     Raises:
         NotFound: no snapshot or labels for ``as_of``; the Feast repo not applied.
@@ -91,16 +77,27 @@ def retrain(
         StreamflowError: MLflow unreachable.
     """
     from pipelines.features import build_dataset, open_store
-    from pipelines.train import CHALLENGER, mlflow_client, promote, train, version_by_alias
+    from pipelines.train import (
+        CHALLENGER,
+        PRODUCTION,
+        PromoteResult,
+        mlflow_client,
+        promote,
+        train,
+        version_by_alias,
+    )
 
     kind = kind or settings.model_kind
     seed = settings.seed if seed is None else seed
     store = store or open_store(settings)
     client = mlflow_client(settings)
-    dataset = build_dataset(settings, db, as_of, store=store)
+    if dataset is None or dataset.as_of != as_of:
+        dataset = build_dataset(settings, db, as_of, store=store)
     earlier = _same_training(client, as_of, kind, seed, dataset.manifest["content_sha256"])
     if earlier is not None and "gate.decision" in earlier.tags:
-        return RetrainResult(as_of, None, _recorded_gate(client, earlier), reused_version=str(earlier.version))
+        production = version_by_alias(client, PRODUCTION)
+        gate = PromoteResult.recorded(earlier, None if production is None else str(production.version))
+        return RetrainResult(as_of, None, gate.to_json(), reused_version=str(earlier.version))
     challenger = version_by_alias(client, CHALLENGER)
     if earlier is not None and challenger is not None and challenger.version == earlier.version:
         trained, reused = None, str(earlier.version)  # trained before, never judged: judge it now
@@ -168,7 +165,7 @@ def run_monthly(
         StreamflowError: MLflow unreachable.
     """
     from pipelines.drift import RETRAIN, run_drift
-    from pipelines.features import apply_repo, feature_service, materialize, open_store
+    from pipelines.features import apply_repo, build_dataset, feature_service, materialize, open_store
     from pipelines.ingest import check_month_dir, ingest_month
     from pipelines.months import infer_as_of
     from pipelines.snapshot import take_snapshot
@@ -192,11 +189,13 @@ def run_monthly(
     steps["materialize"] = materialized.to_json()
     log(materialized.skipped or f"materialized as_of {as_of} into the online store")
 
+    # the month's training set, built once for drift and for retraining
+    dataset = build_dataset(settings, db, as_of, store=store)
     client = mlflow_client(settings)
     production = version_by_alias(client, PRODUCTION)
     # a month older than the production model's never replaces it (as the online store never goes back in time)
-    newer = None if production is None else production.tags.get("as_of", "")
-    newer = newer if newer and newer > as_of.isoformat() else None
+    trained_on = "" if production is None else production.tags.get("as_of", "")
+    newer = trained_on if trained_on > as_of.isoformat() else None
     judged = None if production is None else judged_version(client, production, as_of)
     if judged is None and newer:
         reasons = [f"nothing to judge: no model was in production before {as_of}, and v{production.version} in "
@@ -209,12 +208,12 @@ def run_monthly(
             reasons = ["no production model yet: this month trains the first one"]
         else:
             reasons = [f"version {production.version} in production was trained on this month and replaced none"]
-        retrained = retrain(settings, db, as_of, store=store)
+        retrained = retrain(settings, db, as_of, dataset=dataset, store=store)
         steps |= {"drift": None, "retrain": retrained.to_json()}
         log(f"{reasons[0]}; gate {retrained.gate['decision']}, production = v{retrained.production_version}")
         return MonthlyResult(month_dir, as_of, steps, "BOOTSTRAP", reasons, retrained.production_version)
 
-    drift = run_drift(settings, db, as_of, model_version=str(judged.version), store=store)
+    drift = run_drift(settings, db, as_of, model_version=str(judged.version), current_dataset=dataset, store=store)
     steps["drift"] = drift.to_json()
     log(drift.line())
     steps["retrain"] = None
@@ -227,7 +226,7 @@ def run_monthly(
         )
         log(reasons[-1])
     elif drift.decision == RETRAIN:
-        retrained = retrain(settings, db, as_of, store=store)
+        retrained = retrain(settings, db, as_of, dataset=dataset, store=store)
         steps["retrain"] = retrained.to_json()
         production_version = retrained.production_version
         gate = retrained.gate

@@ -436,6 +436,29 @@ class PromoteResult:
     def to_json(self) -> dict[str, Any]:
         return self.__dict__
 
+    @classmethod
+    def recorded(cls, version, production_version: str | None) -> PromoteResult:
+        """The decision :func:`promote` wrote as ``gate.*`` tags on a challenger version, read back."""
+
+        def tag(key: str) -> str | None:
+            value = version.tags.get(f"gate.{key}", "none")
+            return None if value == "none" else value
+
+        def number(key: str) -> float | None:
+            value = tag(key)
+            return None if value is None else float(value)
+
+        return cls(
+            decision=version.tags["gate.decision"],
+            challenger_version=str(version.version),
+            champion_version=tag("champion_version"),
+            challenger_auc=number("challenger_auc"),
+            champion_auc=number("champion_auc"),
+            evaluated_on=tag("evaluated_on"),
+            margin=float(version.tags.get("gate.margin", "nan")),
+            production_version=production_version,
+        )
+
 
 def version_by_alias(client, alias: str):
     """The version of ``streamflow_churn`` holding ``alias``, or None."""
