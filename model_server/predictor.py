@@ -94,7 +94,7 @@ def _kserve_model_class():
                 "serving %s version %s (%s scoring, threshold %.4f)",
                 model.name,
                 model.version,
-                "lean" if model.lean else "pipeline",
+                model.scoring,
                 model.threshold,
             )
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.models import infer_signature
 
-from model_server.churn_model import FeatureError, ServedModel, specs_from_signature
+from model_server.churn_model import COMPILED_MAX_ROWS, FeatureError, ServedModel, specs_from_signature
 from pipelines.train import build_pipeline, categorical_features
 
 FEATURES = [
@@ -86,6 +86,30 @@ def test_scoring_equals_the_pipeline_for_every_model_kind(data, kind: str, lean:
     expected = model.pipeline.predict_proba(test[FEATURES])[:, 1]
     np.testing.assert_allclose(model.predict_proba(columns), expected, rtol=0, atol=1e-12)
     assert model.labels(expected).tolist() == (expected >= 0.3).astype(int).tolist()
+
+
+@pytest.mark.parametrize("kind", ["hgb", "rf"])
+def test_small_batches_are_scored_by_treelite_and_agree_with_the_pipeline(data, kind: str) -> None:
+    train, test = data
+    model = served(kind, train)
+    assert model.compiled is not None  # the tree ensemble was imported into treelite at load
+    for rows in (test.head(1), test.head(COMPILED_MAX_ROWS - 1), test):  # treelite, treelite, scikit-learn
+        expected = model.pipeline.predict_proba(rows[FEATURES])[:, 1]
+        columns, _ = model.columns_from_tensors(wire(rows, model.specs))
+        np.testing.assert_allclose(model.predict_proba(columns), expected, rtol=0, atol=1e-12)
+    columns, _ = model.columns_from_tensors(wire(test, model.specs))  # both paths on every row
+    np.testing.assert_allclose(
+        model._lean_proba(columns, compiled=True), model._lean_proba(columns, compiled=False), rtol=0, atol=1e-12
+    )
+
+
+def test_a_compiled_model_that_disagrees_is_not_used(data, monkeypatch) -> None:
+    train, _ = data
+    model = served("hgb", train)
+    other = served("rf", train).compiled  # another model's trees: the probe check must refuse them
+    monkeypatch.setattr(ServedModel, "_compile", lambda self: other)
+    rebuilt = ServedModel.from_pipeline(model.pipeline, model.specs, probe=train[FEATURES].head(5))
+    assert rebuilt.lean and rebuilt.compiled is None
 
 
 def test_lean_path_handles_nulls_and_unseen_text_like_the_pipeline(data) -> None:
