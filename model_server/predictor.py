@@ -23,7 +23,7 @@ import uuid
 
 import numpy as np
 
-from model_server.churn_model import FeatureError, ServedModel, load_version, metadata_inputs
+from model_server.churn_model import FeatureError, ServedModel, feature_tensors, load_version, metadata_inputs
 from model_server.server import (
     ServerMetrics,
     add_request_metrics,
@@ -157,11 +157,7 @@ def _kserve_model_class():
             if not isinstance(payload, InferRequest):
                 raise InvalidInput("the predictor speaks the v2 protocol: POST /v2/models/{name}/infer")
             try:
-                tensors = {}
-                for item in payload.inputs:
-                    if item.name in tensors:
-                        raise FeatureError(f"input {item.name!r} given twice")
-                    tensors[item.name] = (item.datatype, item.as_numpy())
+                tensors = feature_tensors((i.name, i.datatype, i.as_numpy(), i.parameters) for i in payload.inputs)
                 columns, _ = model.columns_from_tensors(tensors)
             except FeatureError as err:
                 raise InvalidInput(str(err)) from None

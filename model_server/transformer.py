@@ -24,6 +24,7 @@ import uuid
 import numpy as np
 from fastapi import Request
 
+from model_server.churn_model import BLOCK_COLUMNS
 from model_server.server import (
     ServerMetrics,
     add_request_metrics,
@@ -67,7 +68,8 @@ def _classes():
         def __init__(self, name: str, features, predictor_protocol: str, max_batch: int, metrics: ServerMetrics):
             super().__init__(name)
             self.features = features
-            self.text_features = set(features.text_features)
+            self.texts = [n for n in features.names if n in set(features.text_features)]
+            self.numbers = [n for n in features.names if n not in set(features.text_features)]
             self.binary_hop = predictor_protocol == "grpc-v2"
             self.max_batch = max_batch
             self.metrics = metrics
@@ -126,17 +128,20 @@ def _classes():
             ids = self.user_ids(payload)
             result = self.lookup(ids)
             _REQUEST_IDS.set(ids)
+            # two blocks instead of 14 tensors (model_server.churn_model: each tensor costs both servers)
+            numbers = np.array([result.columns[n] for n in self.numbers], dtype=np.float64).T  # None → NaN
+            texts = np.array([["" if v is None else v for v in result.columns[n]] for n in self.texts], dtype=object).T
             inputs = []
-            for name in self.features.names:
-                column = result.columns[name]
-                if name in self.text_features:
-                    array = np.array(["" if v is None else v for v in column], dtype=object)
-                    tensor = InferInput(name, [len(array)], "BYTES")
-                else:
-                    array = np.array(column, dtype=np.float64)  # None → NaN, booleans → 0/1
-                    tensor = InferInput(name, [len(array)], "FP64")
-                tensor.set_data_from_numpy(array, binary_data=self.binary_hop)
-                inputs.append(tensor)
+            for block, names, datatype in ((numbers, self.numbers, "FP64"), (texts, self.texts, "BYTES")):
+                if names:
+                    tensor = InferInput(
+                        f"{datatype.lower()}_features",
+                        list(block.shape),
+                        datatype,
+                        parameters={BLOCK_COLUMNS: ",".join(names)},
+                    )
+                    tensor.set_data_from_numpy(np.ascontiguousarray(block), binary_data=self.binary_hop)
+                    inputs.append(tensor)
             return InferRequest(self.name, inputs, request_id=payload.id)
 
         async def predict(self, payload, headers=None, response_headers=None):

@@ -330,6 +330,18 @@ def test_predictor_refuses_bad_feature_tensors(stack: Stack) -> None:
     good += [{"name": f, "datatype": "FP64", "shape": [1], "data": ["NaN"]} for f in features if pd.isna(row[f])]
     status, body = post(url, {"inputs": good})
     assert status == 200, body
+    # the block form the transformer sends (over REST here): FP64 features as one [1, k] tensor naming its columns
+    numbers = [t for t in good if t["datatype"] == "FP64" and t["data"] != ["NaN"]]
+    block = {
+        "name": "fp64_features",
+        "datatype": "FP64",
+        "shape": [1, len(numbers)],
+        "data": [t["data"][0] for t in numbers],
+        "parameters": {"columns": ",".join(t["name"] for t in numbers)},
+    }
+    status, blocked = post(url, {"inputs": [block, *(t for t in good if t not in numbers)]})
+    assert status == 200, blocked
+    assert blocked["outputs"] == body["outputs"]
     status, body = post(url, {"inputs": good[1:]})
     assert status == 400 and "is missing" in body["error"]
     bad = [dict(t, data=[0.5]) if t["name"] == "paperless_billing" else t for t in good]

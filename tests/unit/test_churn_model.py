@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 from mlflow.models import infer_signature
 
-from model_server.churn_model import COMPILED_MAX_ROWS, FeatureError, ServedModel, specs_from_signature
+from model_server.churn_model import (
+    BLOCK_COLUMNS,
+    COMPILED_MAX_ROWS,
+    FeatureError,
+    ServedModel,
+    feature_tensors,
+    specs_from_signature,
+)
 from pipelines.train import build_pipeline, categorical_features
 
 FEATURES = [
@@ -160,3 +167,46 @@ def test_contract_nulls_are_allowed_where_the_signature_says_optional(data) -> N
     model = served("hgb", train)
     optional = {s.name for s in model.specs if s.optional}
     assert optional == {"plan_stream_tv", "plan_stream_movies"}
+
+
+def blocks(tensors: dict[str, tuple[str, np.ndarray]]) -> list[tuple]:
+    """The same columns as the transformer sends them: one [N, k] block per datatype, named by ``columns``."""
+    out = []
+    for datatype in ("FP64", "BYTES"):
+        names = [n for n, (d, _) in tensors.items() if d == datatype]
+        values = np.stack([tensors[n][1] for n in names], axis=1)
+        out.append((f"{datatype.lower()}_features", datatype, values, {BLOCK_COLUMNS: ",".join(names)}))
+    return out
+
+
+def test_column_blocks_score_like_one_tensor_per_feature(data) -> None:
+    train, test = data
+    model = served("hgb", train)
+    tensors = wire(test.head(20), model.specs)
+    split = feature_tensors(blocks(tensors))
+    assert set(split) == set(tensors)
+    for name, (datatype, values) in tensors.items():
+        assert split[name][0] == datatype
+        np.testing.assert_array_equal(split[name][1], values)  # NaN (contract NULL) equals NaN here
+    one_per_feature = feature_tensors((n, d, v, None) for n, (d, v) in tensors.items())
+    np.testing.assert_array_equal(
+        model.predict_proba(model.columns_from_tensors(split)[0]),
+        model.predict_proba(model.columns_from_tensors(one_per_feature)[0]),
+    )
+
+
+def test_bad_blocks_are_refused_naming_the_input(data) -> None:
+    train, test = data
+    model = served("hgb", train)
+    tensors = wire(test.head(3), model.specs)
+    numbers, texts = blocks(tensors)
+    short = (numbers[0], numbers[1], numbers[2][:, :-1], numbers[3])  # one column fewer than its names
+    with pytest.raises(FeatureError, match=r"'fp64_features': shape \[3, 12\], but its 'columns' parameter names 13"):
+        feature_tensors([short, texts])
+    with pytest.raises(FeatureError, match="input 'skips_7d' given twice"):
+        feature_tensors([numbers, texts, ("skips_7d", "FP64", np.zeros(3), None)])
+    unnamed = feature_tensors([(numbers[0], "FP64", numbers[2], None), texts])  # a block without its names
+    with pytest.raises(
+        FeatureError, match=r"unexpected input 'fp64_features' \(a \[N, k\] block needs a 'columns' parameter"
+    ):
+        model.columns_from_tensors(unnamed)
