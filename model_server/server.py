@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
+import re
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -90,9 +93,26 @@ class ServerMetrics:
             registry=registry,
         )
 
+        self._request_children: dict[tuple[str, str], tuple] = {}
+
     def observe_request(self, protocol: str, status: str, seconds: float) -> None:
-        self.requests.labels(self.server, protocol, status).inc()
-        self.latency.labels(self.server, protocol).observe(seconds)
+        children = self._request_children.get((protocol, status))
+        if children is None:  # ``labels()`` costs a few µs a call: each label set is looked up once
+            children = (self.requests.labels(self.server, protocol, status), self.latency.labels(self.server, protocol))
+            self._request_children[(protocol, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_predictions(self, probabilities: list[float], labels) -> None:
+        """Count the returned labels and record each churn probability."""
+        histogram = self.probability.labels(self.server)
+        for p in probabilities:
+            histogram.observe(p)
+        churners = int(labels.sum())
+        if churners:
+            self.predictions.labels(self.server, "1").inc(churners)
+        if len(labels) - churners:
+            self.predictions.labels(self.server, "0").inc(len(labels) - churners)
 
     def set_model(self, model: str, version: str, alias: str, run_id: str) -> None:
         self.model_info.clear()
@@ -170,6 +190,76 @@ def request_guard(app, max_bytes: int) -> None:
                     headers[b"content-type"] = b"application/json"
                     scope = {**scope, "headers": list(headers.items())}
             await asgi_app(scope, receive, send)
+
+        return wrapped
+
+    app.add_middleware(_Wrap, factory=middleware)
+
+
+def fast_infer(app, dataplane: Callable[[], Any]) -> None:
+    """Answer ``POST /v2/models/{name}/infer`` with a JSON body through KServe's own data plane, without FastAPI.
+
+    What KServe's ``V2Endpoints.infer`` does — validate the body as a v2 ``InferenceRequest``, ``model_ready``,
+    ``decode``, ``infer``, ``encode`` — in the same order on the same ``DataPlane``, with two costs left out: FastAPI's
+    per-request routing and dependency solving, and ``jsonable_encoder`` walking the response in Python (pydantic
+    serialises it instead, to the same JSON). Measured on one user: ~0.5 ms of the transformer's ~2.5 ms of CPU.
+    Errors go to the exception handlers registered on the app (KServe's and ours), so every status and message is
+    the one the FastAPI route gives; anything else (binary tensors, versioned paths, other routes) goes to FastAPI.
+    """
+    from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse
+    from pydantic import ValidationError
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+    path = re.compile(r"^/v2/models/([^/]+)/infer$")
+
+    async def answer(name: str, body: bytes, headers: dict[str, str]):
+        request = InferenceRequest.model_validate_json(body)
+        plane = dataplane()
+        if not await plane.model_ready(name, True):
+            from kserve.errors import ModelNotReady
+
+            raise ModelNotReady(name)
+        infer_request, _ = plane.decode(request, headers, protocol_version="v2", model_name=name)
+        response, response_headers = await plane.infer(model_name=name, request=infer_request, headers=headers)
+        response, encoded_headers = plane.encode(model_name=name, response=response, headers=headers, req_attributes={})
+        response_headers = {**response_headers, **encoded_headers}
+        response_headers.pop("content-length", None)
+        if isinstance(response, bytes):  # binary outputs asked for: the body KServe encoded, as the route sends it
+            return Response(response, headers=response_headers)
+        response_headers.pop("content-type", None)
+        json = InferenceResponse.model_validate(response).model_dump_json()
+        return Response(json, media_type="application/json", headers=response_headers)
+
+    def middleware(asgi_app):
+        async def wrapped(scope, receive, send):
+            match = path.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+            headers = dict(scope.get("headers") or []) if match else {}
+            if (
+                match is None
+                or not headers.get(b"content-type", b"").startswith(b"application/json")
+                or b"inference-header-content-length" in headers
+            ):
+                return await asgi_app(scope, receive, send)
+            chunks, more = [], True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+            try:
+                response = await answer(match.group(1), b"".join(chunks), text_headers)
+            except ValidationError as err:
+                response = JSONResponse({"error": _malformed_message(err.errors())}, status_code=400)
+            except Exception as err:
+                handlers = app.exception_handlers
+                handler = next((handlers[c] for c in type(err).__mro__ if c in handlers), None)
+                if handler is None:
+                    raise
+                response = await handler(Request(scope), err)
+            await response(scope, receive, send)
 
         return wrapped
 
@@ -277,6 +367,8 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
     if not args.access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     app.add_exception_handler(RequestValidationError, _malformed)
+    planes = []
+    fast_infer(app, lambda: planes[0])  # innermost: the hooks' guards and request metrics see its requests too
     if app_hooks is not None:
         app_hooks(app)
     server = _ModelServer(
@@ -293,6 +385,11 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
         grace_period=5,
         predictor_config=predictor_config,
     )
+    planes.append(server.dataplane)
+    # Feast, MLflow, pandas and the model leave ~215k long-lived objects that a full collection walks in ~0.2 s
+    # here, in the middle of whatever request triggered it (the c=8 p99 outliers): frozen out of its reach
+    gc.collect()
+    gc.freeze()
     server.start([model])
 
 
@@ -300,10 +397,14 @@ async def _malformed(_request, exc):
     """A body FastAPI could not parse as a v2 request: 400 with the first problem, not a pydantic dump."""
     from fastapi.responses import JSONResponse
 
-    first = (exc.errors() or [{}])[0]
+    return JSONResponse({"error": _malformed_message(exc.errors())}, status_code=400)
+
+
+def _malformed_message(errors: list[dict]) -> str:
+    first = (errors or [{}])[0]
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     detail = first.get("ctx", {}).get("error") or first.get("msg", "invalid")
-    return JSONResponse({"error": f"malformed request{' at ' + where if where else ''}: {detail}"}, status_code=400)
+    return f"malformed request{' at ' + where if where else ''}: {detail}"
 
 
 async def counted_call(metrics: ServerMetrics, call: Callable[..., Awaitable], body, headers, verb):

@@ -290,6 +290,31 @@ def test_oversized_batches_are_413(stack: Stack) -> None:
     assert status == 413 and "bytes limit" in body["error"]
 
 
+def test_the_lean_json_path_answers_as_kserves_fastapi_route(stack: Stack) -> None:
+    """JSON ``/infer`` requests skip FastAPI (model_server.server.fast_infer); a request carrying KServe's binary
+    header still takes the FastAPI route. Both must give the same answers and the same errors."""
+    known = list(stack.feb.index[:3])
+    for base in (stack.transformer, stack.predictor):
+        url = f"{base}/v2/models/{MODEL}/infer"
+        bodies = [v2(known), v2(known + ["0000-NOONE"]), v2([1], datatype="INT64")] if base == stack.transformer else []
+        bodies.append({"inputs": [{"name": "nothing", "datatype": "FP64", "shape": [1], "data": [1.0]}]})
+        for body in bodies:
+            data = json.dumps(body).encode()
+            lean = post(url, data, {"Content-Type": "application/json"})
+            route = post(
+                url, data, {"Content-Type": "application/json", "Inference-Header-Content-Length": str(len(data))}
+            )
+            assert lean[0] == route[0], (body, lean, route)
+            if lean[0] == 200:
+                assert lean[1]["outputs"] == route[1]["outputs"]
+                assert lean[1]["model_version"] == route[1]["model_version"]
+            else:
+                assert lean[1] == route[1]
+    # a model this server does not serve: KServe's own 404, from the handler the route would use
+    status, body = post(f"{stack.transformer}/v2/models/nobody/infer", v2(known), {"Content-Type": "application/json"})
+    assert status == 404 and "nobody" in body["error"]
+
+
 def test_curl_style_request_without_content_type_works(stack: Stack) -> None:
     user = stack.feb.index[0]
     status, body = post(
