@@ -165,14 +165,7 @@ def _kserve_model_class():
                 raise InvalidInput(f"malformed input tensor: {err}") from None
             proba = model.predict_proba(columns)
             labels = model.labels(proba)
-            hist = self.metrics.probability.labels(self.metrics.server)
-            for p in proba.tolist():
-                hist.observe(p)
-            churners = int(labels.sum())
-            if churners:
-                self.metrics.predictions.labels(self.metrics.server, "1").inc(churners)
-            if len(labels) - churners:
-                self.metrics.predictions.labels(self.metrics.server, "0").inc(len(labels) - churners)
+            self.metrics.observe_predictions(proba.tolist(), labels)
             binary = payload.use_binary_outputs
             p_out = InferOutput("churn_probability", [len(proba)], "FP32")
             p_out.set_data_from_numpy(proba.astype(np.float32), binary_data=binary)
