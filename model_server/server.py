@@ -357,6 +357,15 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
                 self.servers.append(self._grpc_server.start(self.max_threads))
             self.setup_event_loop()
             self.register_signal_handler()
+            if args.event_loop in ("auto", "uvloop"):  # uvicorn's meaning of the flag: uvloop when installed
+                try:
+                    import uvloop
+                except ImportError:
+                    if args.event_loop == "uvloop":
+                        raise SystemExit("--event_loop uvloop: uvloop is not installed") from None
+                else:
+                    uvloop.run(self._serve())
+                    return
             asyncio.run(self._serve())
 
     # FastAPI 0.16x deprecates the ORJSONResponse KServe answers with and warns on *every* response (other
