@@ -49,6 +49,7 @@ class Stack:
     predictor_grpc: str
     feb: pd.DataFrame  # Feb features (what the online store serves), indexed by user_id
     logs: Path
+    env: dict  # the servers' environment (a test can start another server like them)
 
 
 def _server(module: str, env: dict, log: Path, *args: str) -> subprocess.Popen:
@@ -110,7 +111,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
             settings, url, mlflow_proc,
             f"http://127.0.0.1:{ports['th']}", f"127.0.0.1:{ports['tg']}",
             f"http://127.0.0.1:{ports['ph']}", f"127.0.0.1:{ports['pg']}",
-            feb, logs,
+            feb, logs, env,
         )  # fmt: skip
     finally:
         for proc in (transformer, predictor):
@@ -391,6 +392,32 @@ def test_grpc_single_batch_and_unknown(stack: Stack) -> None:
         grpc_infer(stack.transformer_grpc, [ids[0], "0000-NOONE"])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "missing_features" in err.value.details() and "0000-NOONE" in err.value.details()
+
+
+def test_rest_hop_to_the_predictor_answers_like_the_grpc_hop(stack: Stack) -> None:
+    """``--predictor_protocol v2``: the same column blocks travel as REST JSON to the predictor's lean JSON path."""
+    ports = free_port(), free_port()
+    proc = _server(
+        "model_server.transformer", stack.env, stack.logs / "transformer-rest-hop.log",
+        "--http_port", str(ports[0]), "--grpc_port", str(ports[1]),
+        "--predictor_host", stack.predictor.removeprefix("http://"), "--predictor_protocol", "v2",
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{ports[0]}"
+        wait_http(f"{base}/v2/health/ready", proc, what="transformer (REST hop)")
+        no_internet = stack.feb.index[stack.feb["net_service"] == "No"][0]  # contract NULLs on the wire as NaN
+        ids = [no_internet, *stack.feb.sample(n=200, random_state=9).index]
+        url = f"{base}/v2/models/{MODEL}/infer"
+        status, rest = post(url, v2(ids), {"Content-Type": "application/json"})
+        assert status == 200, rest
+        grpc_status, via_grpc = infer(stack, ids)
+        assert grpc_status == 200
+        assert outputs(rest) == outputs(via_grpc)
+        assert rest["model_version"] == via_grpc["model_version"] == production_version(stack)
+        status, body = post(url, v2([ids[1], "0000-NOONE"]), {"Content-Type": "application/json"})
+        assert status == 422 and list(body["missing_features"]) == ["0000-NOONE"]
+    finally:
+        stop_group(proc)
 
 
 # ------------------------------------------------------------------------------------------------ course routes
