@@ -196,40 +196,31 @@ def request_guard(app, max_bytes: int) -> None:
     app.add_middleware(_Wrap, factory=middleware)
 
 
-def fast_infer(app, dataplane: Callable[[], Any]) -> None:
-    """Answer ``POST /v2/models/{name}/infer`` with a JSON body through KServe's own data plane, without FastAPI.
+def fast_infer(app, endpoints: Callable[[], Any]) -> None:
+    """Answer ``POST /v2/models/{name}/infer`` with a JSON body by calling KServe's ``V2Endpoints.infer`` directly.
 
-    What KServe's ``V2Endpoints.infer`` does — validate the body as a v2 ``InferenceRequest``, ``model_ready``,
-    ``decode``, ``infer``, ``encode`` — in the same order on the same ``DataPlane``, with two costs left out: FastAPI's
-    per-request routing and dependency solving, and ``jsonable_encoder`` walking the response in Python (pydantic
-    serialises it instead, to the same JSON). Measured on one user: ~0.5 ms of the transformer's ~2.5 ms of CPU.
-    Errors go to the exception handlers registered on the app (KServe's and ours), so every status and message is
-    the one the FastAPI route gives; anything else (binary tensors, versioned paths, other routes) goes to FastAPI.
+    The handler the FastAPI route runs (``model_ready``, ``decode``, ``infer``, ``encode`` on the same ``DataPlane``),
+    with the body validated as a v2 ``InferenceRequest`` by pydantic as the route does, and two costs left out:
+    FastAPI's per-request routing and dependency solving, and ``jsonable_encoder`` walking the response in Python
+    (pydantic serialises it instead, to the same JSON). Measured on one user: ~0.5 ms of the transformer's ~2.5 ms
+    of CPU. Errors go to the exception handlers registered on the app (KServe's and ours), so every status and
+    message is the one the route gives; anything else (binary tensors, versioned paths, other routes) goes to FastAPI.
     """
-    from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse
+    from kserve.protocol.rest.v2_datamodels import InferenceRequest
     from pydantic import ValidationError
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
 
     path = re.compile(r"^/v2/models/([^/]+)/infer$")
 
-    async def answer(name: str, body: bytes, headers: dict[str, str]):
-        request = InferenceRequest.model_validate_json(body)
-        plane = dataplane()
-        if not await plane.model_ready(name, True):
-            from kserve.errors import ModelNotReady
-
-            raise ModelNotReady(name)
-        infer_request, _ = plane.decode(request, headers, protocol_version="v2", model_name=name)
-        response, response_headers = await plane.infer(model_name=name, request=infer_request, headers=headers)
-        response, encoded_headers = plane.encode(model_name=name, response=response, headers=headers, req_attributes={})
-        response_headers = {**response_headers, **encoded_headers}
-        response_headers.pop("content-length", None)
-        if isinstance(response, bytes):  # binary outputs asked for: the body KServe encoded, as the route sends it
-            return Response(response, headers=response_headers)
-        response_headers.pop("content-type", None)
-        json = InferenceResponse.model_validate(response).model_dump_json()
-        return Response(json, media_type="application/json", headers=response_headers)
+    async def answer(name: str, body: bytes, request: Request) -> Response:
+        raw = Response()  # the response FastAPI would inject: KServe sets headers (or a binary body) on it
+        del raw.headers["content-length"]
+        result = await endpoints().infer(request, raw, name, InferenceRequest.model_validate_json(body))
+        if result is raw:  # binary outputs asked for: the body KServe encoded
+            return raw
+        headers = {k: v for k, v in raw.headers.items() if k != "content-type"}
+        return Response(result.model_dump_json(), media_type="application/json", headers=headers)
 
     def middleware(asgi_app):
         async def wrapped(scope, receive, send):
@@ -248,9 +239,8 @@ def fast_infer(app, dataplane: Callable[[], Any]) -> None:
                     return
                 chunks.append(message.get("body", b""))
                 more = message.get("more_body", False)
-            text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
             try:
-                response = await answer(match.group(1), b"".join(chunks), text_headers)
+                response = await answer(match.group(1), b"".join(chunks), Request(scope))
             except ValidationError as err:
                 response = JSONResponse({"error": _malformed_message(err.errors())}, status_code=400)
             except Exception as err:
@@ -295,6 +285,7 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
     from kserve.protocol.grpc.server import GRPCServer
     from kserve.protocol.grpc.servicer import InferenceServicer
     from kserve.protocol.rest.server import RESTServer
+    from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
     host = args.host
 
@@ -357,16 +348,14 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
                 self.servers.append(self._grpc_server.start(self.max_threads))
             self.setup_event_loop()
             self.register_signal_handler()
-            if args.event_loop in ("auto", "uvloop"):  # uvicorn's meaning of the flag: uvloop when installed
+            run = asyncio.run
+            if args.event_loop != "asyncio":  # uvicorn's meaning of auto: uvloop when installed
                 try:
-                    import uvloop
+                    from uvloop import run
                 except ImportError:
                     if args.event_loop == "uvloop":
                         raise SystemExit("--event_loop uvloop: uvloop is not installed") from None
-                else:
-                    uvloop.run(self._serve())
-                    return
-            asyncio.run(self._serve())
+            run(self._serve())
 
     # FastAPI 0.16x deprecates the ORJSONResponse KServe answers with and warns on *every* response (other
     # libraries' catch_warnings reset the once-only registry): a log line and ~0.3 ms per request
@@ -376,8 +365,8 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
     if not args.access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     app.add_exception_handler(RequestValidationError, _malformed)
-    planes = []
-    fast_infer(app, lambda: planes[0])  # innermost: the hooks' guards and request metrics see its requests too
+    endpoints = []
+    fast_infer(app, lambda: endpoints[0])  # innermost: the hooks' guards and request metrics see its requests too
     if app_hooks is not None:
         app_hooks(app)
     server = _ModelServer(
@@ -394,7 +383,7 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
         grace_period=5,
         predictor_config=predictor_config,
     )
-    planes.append(server.dataplane)
+    endpoints.append(V2Endpoints(server.dataplane, server.model_repository_extension))
     # Feast, MLflow, pandas and the model leave ~215k long-lived objects that a full collection walks in ~0.2 s
     # here, in the middle of whatever request triggered it (the c=8 p99 outliers): frozen out of its reach
     gc.collect()

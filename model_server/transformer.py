@@ -68,8 +68,8 @@ def _classes():
         def __init__(self, name: str, features, predictor_protocol: str, max_batch: int, metrics: ServerMetrics):
             super().__init__(name)
             self.features = features
-            self.texts = [n for n in features.names if n in set(features.text_features)]
-            self.numbers = [n for n in features.names if n not in set(features.text_features)]
+            self.texts = [n for n in features.names if n in features.text_features]
+            self.numbers = [n for n in features.names if n not in self.texts]
             self.binary_hop = predictor_protocol == "grpc-v2"
             self.max_batch = max_batch
             self.metrics = metrics
