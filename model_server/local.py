@@ -87,7 +87,7 @@ class LocalServers:
             "predictor": ["--http_port", str(s.predictor_http_port), "--grpc_port", str(s.predictor_grpc_port)],
             "transformer": [
                 "--http_port", str(s.transformer_http_port), "--grpc_port", str(s.transformer_grpc_port),
-                "--predictor_host", f"{s.serve_host}:{s.predictor_grpc_port}",
+                "--predictor_host", f"{s.serve_host}:{s.predictor_http_port}",
             ],
         }  # fmt: skip
         for name, args in commands.items():

@@ -102,7 +102,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     transformer = _server(
         "model_server.transformer", env, logs / "transformer.log",
         "--http_port", str(ports["th"]), "--grpc_port", str(ports["tg"]),
-        "--predictor_host", f"127.0.0.1:{ports['pg']}", "--max_batch_size", str(MAX_BATCH),
+        "--predictor_host", f"127.0.0.1:{ports['ph']}", "--max_batch_size", str(MAX_BATCH),
     )  # fmt: skip
     try:
         wait_http(f"http://127.0.0.1:{ports['ph']}/v2/health/ready", predictor, what="predictor")
@@ -394,30 +394,69 @@ def test_grpc_single_batch_and_unknown(stack: Stack) -> None:
     assert "missing_features" in err.value.details() and "0000-NOONE" in err.value.details()
 
 
-def test_rest_hop_to_the_predictor_answers_like_the_grpc_hop(stack: Stack) -> None:
-    """``--predictor_protocol v2``: the same column blocks travel as REST JSON to the predictor's lean JSON path."""
+def test_grpc_hop_to_the_predictor_answers_like_the_rest_hop(stack: Stack) -> None:
+    """``--predictor_protocol grpc-v2``: the same column blocks travel as raw gRPC contents through KServe's client."""
     ports = free_port(), free_port()
     proc = _server(
-        "model_server.transformer", stack.env, stack.logs / "transformer-rest-hop.log",
+        "model_server.transformer", stack.env, stack.logs / "transformer-grpc-hop.log",
         "--http_port", str(ports[0]), "--grpc_port", str(ports[1]),
-        "--predictor_host", stack.predictor.removeprefix("http://"), "--predictor_protocol", "v2",
+        "--predictor_host", stack.predictor_grpc, "--predictor_protocol", "grpc-v2",
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{ports[0]}"
-        wait_http(f"{base}/v2/health/ready", proc, what="transformer (REST hop)")
+        wait_http(f"{base}/v2/health/ready", proc, what="transformer (gRPC hop)")
         no_internet = stack.feb.index[stack.feb["net_service"] == "No"][0]  # contract NULLs on the wire as NaN
         ids = [no_internet, *stack.feb.sample(n=200, random_state=9).index]
         url = f"{base}/v2/models/{MODEL}/infer"
-        status, rest = post(url, v2(ids), {"Content-Type": "application/json"})
-        assert status == 200, rest
-        grpc_status, via_grpc = infer(stack, ids)
-        assert grpc_status == 200
-        assert outputs(rest) == outputs(via_grpc)
-        assert rest["model_version"] == via_grpc["model_version"] == production_version(stack)
+        status, via_grpc = post(url, v2(ids), {"Content-Type": "application/json"})
+        assert status == 200, via_grpc
+        rest_status, via_rest = infer(stack, ids)
+        assert rest_status == 200
+        assert outputs(via_grpc) == outputs(via_rest)
+        assert via_grpc["model_version"] == via_rest["model_version"] == production_version(stack)
         status, body = post(url, v2([ids[1], "0000-NOONE"]), {"Content-Type": "application/json"})
         assert status == 422 and list(body["missing_features"]) == ["0000-NOONE"]
     finally:
         stop_group(proc)
+
+
+def test_rest_hop_names_the_predictors_refusal_and_an_unreachable_predictor(stack: Stack) -> None:
+    """The transformer's hop client on its own against the real predictor, then against a port nobody listens on."""
+    import asyncio
+
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    from model_server.transformer import HopError, PredictorHop
+
+    user = stack.feb.index[0]
+    row = stack.feb.loc[user]
+    tensors = [
+        InferInput(name, [1], "BYTES", data=[row[name]])
+        if isinstance(row[name], str)
+        else InferInput(name, [1], "FP64", data=[float(row[name])])
+        for name in stack.feb.columns
+        if name != "churn_label"
+    ]
+
+    async def run() -> None:
+        hop = PredictorHop(stack.predictor, MODEL, timeout=10, retries=1)
+        try:
+            response = await hop.infer(InferRequest(MODEL, tensors))
+            assert response.parameters["model_version"] == production_version(stack)
+            proba, _ = expected(stack, [user])
+            assert response.get_output_by_name("churn_probability").data[0] == pytest.approx(proba[0], abs=1e-6)
+            with pytest.raises(HopError, match=r"HTTP 400: input 'monthly_fee' is missing"):
+                await hop.infer(InferRequest(MODEL, [t for t in tensors if t.name == "months_active"]))
+        finally:
+            await hop.close()
+        dead = PredictorHop(f"http://127.0.0.1:{free_port()}", MODEL, timeout=10, retries=2)
+        try:
+            with pytest.raises(HopError, match=r"/v2/models/streamflow-churn/infer: unreachable"):
+                await dead.infer(InferRequest(MODEL, tensors))
+        finally:
+            await dead.close()
+
+    asyncio.run(run())
 
 
 # ------------------------------------------------------------------------------------------------ course routes
