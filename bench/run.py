@@ -396,6 +396,21 @@ def _measure(
     return row
 
 
+def _wait_up(url: str, proc: subprocess.Popen, log: str, seconds: float = 180) -> None:
+    """Until ``url`` answers; SystemExit naming the log if ``proc`` exits or ``seconds`` pass."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{log} did not start; see {WORK / (log + '.log')}") from None
+            time.sleep(0.5)
+
+
 def bench_serving(sizes: list[int]) -> dict:
     from model_server.local import LocalServers, free_port, settings_env
     from pipelines.config import Settings
@@ -411,16 +426,34 @@ def bench_serving(sizes: list[int]) -> dict:
     ports = {name: free_port() for name in ("transformer_http_port", "transformer_grpc_port", "predictor_http_port",
                                             "predictor_grpc_port")}  # fmt: skip
     settings = Settings(home=home, db_url=None, **ports)
-    rows = []
-    with LocalServers(settings) as servers:
-        url = f"{servers.transformer_url}/v2/models/{settings.served_model_name}/infer"
-        v2 = '{"inputs":[{"name":"user_id","datatype":"BYTES","shape":[1],"data":["%s"]}]}'
-        batch = {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1000], "data": ids[:1000]}]}
-        pids = [p.pid for p in servers.procs.values()]
-        name = "streamflow v2: transformer + Feast + predictor (gRPC hop)"
-        rows.append(_measure("streamflow", name, url, v2, ids, pids, (url, batch)))
-    port = free_port()
     env = {**os.environ, **settings_env(settings)}
+    v2 = '{"inputs":[{"name":"user_id","datatype":"BYTES","shape":[1],"data":["%s"]}]}'
+    batch = {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1000], "data": ids[:1000]}]}
+    path = f"/v2/models/{settings.served_model_name}/infer"
+    rows = []
+    with LocalServers(settings) as servers:  # the default: REST hop
+        pids = [p.pid for p in servers.procs.values()]
+        url = f"{servers.transformer_url}{path}"
+        name = "streamflow v2: transformer + Feast + predictor (REST hop, default)"
+        rows.append(_measure("streamflow", name, url, v2, ids, pids, (url, batch)))
+        # the same predictor behind a second transformer forwarding over gRPC (--predictor_protocol grpc-v2)
+        port = free_port()
+        grpc_hop = subprocess.Popen(
+            [sys.executable, "-m", "model_server.transformer", "--host", settings.serve_host, "--http_port", str(port),
+             "--grpc_port", str(free_port()), "--predictor_protocol", "grpc-v2",
+             "--predictor_host", f"{settings.serve_host}:{settings.predictor_grpc_port}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=(WORK / "transformer-grpc-hop.log").open("w"),
+        )  # fmt: skip
+        try:
+            url = f"http://{settings.serve_host}:{port}{path}"
+            _wait_up(f"http://{settings.serve_host}:{port}/v2/health/ready", grpc_hop, "transformer-grpc-hop")
+            name = "streamflow v2: transformer + Feast + predictor (gRPC hop)"
+            pids = [servers.procs["predictor"].pid, grpc_hop.pid]
+            rows.append(_measure("streamflow-grpc", name, url, v2, ids, pids, (url, batch)))
+        finally:
+            grpc_hop.terminate()
+            grpc_hop.wait(timeout=30)
+    port = free_port()
     course = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "course_server.py"), "--port", str(port),
          "--model-uri", f"models:/streamflow_churn/{setup['rf_version']}"],
@@ -428,17 +461,7 @@ def bench_serving(sizes: list[int]) -> dict:
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                import urllib.request
-
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                if course.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"course-style server did not start; see {WORK / 'course_server.log'}") from None
-                time.sleep(0.5)
+        _wait_up(f"{base}/health", course, "course_server")
         name = "course-style: FastAPI + Feast SDK per request + pyfunc RF-300"
         batch = (f"{base}/predict_batch", {"user_ids": ids[:1000]})
         rows.append(_measure("course", name, f"{base}/predict", '{"user_id":"%s"}', ids, [course.pid], batch))
@@ -451,7 +474,8 @@ def bench_serving(sizes: list[int]) -> dict:
         "users": users,
         "what": "wrk on loopback against each server in turn, 500 different users in rotation: c=1 for 10 s "
         "(latency), c=8 for 10 s (throughput; server CPU from /proc over that run / requests), then 20 "
-        "sequential 1,000-user batches (REST JSON). Ours: production hgb; reference: the course's RF-300.",
+        "sequential 1,000-user batches (REST JSON). Ours: production hgb, the transformer forwarding over REST "
+        "(default) then over gRPC to the same predictor; reference: the course's RF-300.",
         "targets": {
             "c1_p50_ms": 3,
             "c1_p99_ms": 10,
