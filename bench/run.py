@@ -8,6 +8,7 @@ excluded); peak resident memory is the child's own (``wait4`` rusage, imports in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -396,19 +397,27 @@ def _measure(
     return row
 
 
-def _wait_up(url: str, proc: subprocess.Popen, log: str, seconds: float = 180) -> None:
-    """Until ``url`` answers; SystemExit naming the log if ``proc`` exits or ``seconds`` pass."""
+@contextlib.contextmanager
+def _server(cmd: list[str], env: dict, log: str, ready_url: str, seconds: float = 180):
+    """A server process started for the benchmark, once ``ready_url`` answers; stopped on exit. SystemExit naming
+    its log (``WORK/<log>.log``) if it exits or is not up after ``seconds``."""
     import urllib.request
 
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{log} did not start; see {WORK / (log + '.log')}") from None
-            time.sleep(0.5)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(WORK / f"{log}.log").open("w"))
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{log} did not start; see {WORK / (log + '.log')}") from None
+                time.sleep(0.5)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def bench_serving(sizes: list[int]) -> dict:
@@ -438,36 +447,22 @@ def bench_serving(sizes: list[int]) -> dict:
         rows.append(_measure("streamflow", name, url, v2, ids, pids, (url, batch)))
         # the same predictor behind a second transformer forwarding over gRPC (--predictor_protocol grpc-v2)
         port = free_port()
-        grpc_hop = subprocess.Popen(
-            [sys.executable, "-m", "model_server.transformer", "--host", settings.serve_host, "--http_port", str(port),
-             "--grpc_port", str(free_port()), "--predictor_protocol", "grpc-v2",
-             "--predictor_host", f"{settings.serve_host}:{settings.predictor_grpc_port}"],
-            env=env, stdout=subprocess.DEVNULL, stderr=(WORK / "transformer-grpc-hop.log").open("w"),
-        )  # fmt: skip
-        try:
-            url = f"http://{settings.serve_host}:{port}{path}"
-            _wait_up(f"http://{settings.serve_host}:{port}/v2/health/ready", grpc_hop, "transformer-grpc-hop")
+        base = f"http://{settings.serve_host}:{port}"
+        cmd = [sys.executable, "-m", "model_server.transformer", "--host", settings.serve_host, "--http_port",
+               str(port), "--grpc_port", str(free_port()), "--predictor_protocol", "grpc-v2",
+               "--predictor_host", f"{settings.serve_host}:{settings.predictor_grpc_port}"]  # fmt: skip
+        with _server(cmd, env, "transformer-grpc-hop", f"{base}/v2/health/ready") as grpc_hop:
             name = "streamflow v2: transformer + Feast + predictor (gRPC hop)"
             pids = [servers.procs["predictor"].pid, grpc_hop.pid]
-            rows.append(_measure("streamflow-grpc", name, url, v2, ids, pids, (url, batch)))
-        finally:
-            grpc_hop.terminate()
-            grpc_hop.wait(timeout=30)
+            rows.append(_measure("streamflow-grpc", name, base + path, v2, ids, pids, (base + path, batch)))
     port = free_port()
-    course = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "course_server.py"), "--port", str(port),
-         "--model-uri", f"models:/streamflow_churn/{setup['rf_version']}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=(WORK / "course_server.log").open("w"),
-    )  # fmt: skip
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_up(f"{base}/health", course, "course_server")
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, str(ROOT / "bench" / "course_server.py"), "--port", str(port),
+           "--model-uri", f"models:/streamflow_churn/{setup['rf_version']}"]  # fmt: skip
+    with _server(cmd, env, "course_server", f"{base}/health") as course:
         name = "course-style: FastAPI + Feast SDK per request + pyfunc RF-300"
         batch = (f"{base}/predict_batch", {"user_ids": ids[:1000]})
         rows.append(_measure("course", name, f"{base}/predict", '{"user_id":"%s"}', ids, [course.pid], batch))
-    finally:
-        course.terminate()
-        course.wait(timeout=30)
     shutil.rmtree(home, ignore_errors=True)
     return {
         "name": "serving",
