@@ -12,8 +12,9 @@ version. A user with a missing feature fails the whole request — HTTP 422 (gRP
 
 The REST hop is KServe's v2 codec (``InferRequest.to_rest``, ``InferResponse.from_bytes``) on one keep-alive aiohttp
 session (:class:`PredictorHop`); ``--predictor_protocol grpc-v2`` uses KServe's gRPC client instead. Measured side by
-side (bench/README): the REST hop costs both servers less CPU than the gRPC one (grpcio's aio server and client cost
-more than uvicorn and aiohttp here) and KServe's own REST client (httpx) costs the most.
+side (bench/README): the REST hop answers one user sooner and, in alternated runs, costs both servers less CPU
+(grpcio's aio server and client cost more than uvicorn and aiohttp here); gRPC's raw contents are cheaper for
+1,000-row batches; KServe's own REST client (httpx) cost the most.
 
 Course-compatible routes on the same code path: ``GET /health``, ``GET /features/{user_id}``,
 ``POST /predict {"user_id": …}``.
@@ -243,8 +244,11 @@ def _classes():
 
         def stop(self):
             super().stop()
-            if self.hop is not None:
-                asyncio.get_running_loop().create_task(self.hop.close())
+            if self.hop is not None:  # KServe unloads models from its signal handler, on the server's loop
+                try:
+                    asyncio.get_running_loop().create_task(self.hop.close())
+                except RuntimeError:  # no loop running: the session dies with the process
+                    pass
 
         def postprocess(self, result, headers=None, response_headers=None):
             ids = _REQUEST_IDS.get()
@@ -363,6 +367,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.set_defaults(predictor_protocol="v2", predictor_host=f"{settings.serve_host}:{settings.predictor_http_port}")
     args = parser.parse_args(argv)
+    if args.predictor_protocol not in ("v2", "grpc-v2"):
+        raise SystemExit(f"--predictor_protocol {args.predictor_protocol}: the predictor speaks v2 (REST) or grpc-v2")
     logging.basicConfig(level=settings.log_level)
 
     from kserve.predictor_config import PredictorConfig
@@ -373,8 +379,6 @@ def main(argv: list[str] | None = None) -> None:
         features = OnlineFeatures(settings)
     except Exception as err:  # noqa: BLE001 - one clear line: nothing can be served without the feature store
         raise SystemExit(f"transformer: cannot open the feature store: {str(err).splitlines()[0][:300]}") from None
-    if args.predictor_protocol not in ("v2", "grpc-v2"):
-        raise SystemExit(f"--predictor_protocol {args.predictor_protocol}: the predictor speaks v2 (REST) or grpc-v2")
     metrics = ServerMetrics("transformer")
     transformer_cls, *errors = _classes()
     config = PredictorConfig(
