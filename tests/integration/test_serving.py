@@ -459,6 +459,36 @@ def test_rest_hop_names_the_predictors_refusal_and_an_unreachable_predictor(stac
     asyncio.run(run())
 
 
+def test_transformer_answers_502_while_its_predictor_restarts_then_recovers(stack: Stack) -> None:
+    """A predictor restarting (a pod rolled): the transformer's pooled keep-alive connection dies with it. While it is
+    down a request is a 502 naming the predictor; once it is back the next request is answered, no restart needed."""
+    ph, pg, th, tg = (free_port() for _ in range(4))
+    args = ("--http_port", str(ph), "--grpc_port", str(pg), "--poll_seconds", "60")
+    predictor = _server("model_server.predictor", stack.env, stack.logs / "predictor-restart-1.log", *args)
+    transformer = _server(
+        "model_server.transformer", stack.env, stack.logs / "transformer-restart.log",
+        "--http_port", str(th), "--grpc_port", str(tg), "--predictor_host", f"127.0.0.1:{ph}",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{th}/v2/models/{MODEL}/infer"
+    ids = list(stack.feb.index[:3])
+    try:
+        wait_http(f"http://127.0.0.1:{ph}/v2/health/ready", predictor, what="predictor")
+        wait_http(f"http://127.0.0.1:{th}/v2/health/ready", transformer, what="transformer")
+        status, before = post(url, v2(ids), {"Content-Type": "application/json"})
+        assert status == 200, before
+        stop_group(predictor)
+        status, body = post(url, v2(ids), {"Content-Type": "application/json"})
+        assert status == 502 and f"predictor 127.0.0.1:{ph}" in body["error"] and "unreachable" in body["error"]
+        predictor = _server("model_server.predictor", stack.env, stack.logs / "predictor-restart-2.log", *args)
+        wait_http(f"http://127.0.0.1:{ph}/v2/health/ready", predictor, what="predictor (restarted)")
+        status, after = post(url, v2(ids), {"Content-Type": "application/json"})
+        assert status == 200, after
+        assert outputs(after) == outputs(before)
+    finally:
+        stop_group(transformer)
+        stop_group(predictor)
+
+
 # ------------------------------------------------------------------------------------------------ course routes
 
 
