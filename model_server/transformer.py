@@ -12,9 +12,9 @@ version. A user with a missing feature fails the whole request — HTTP 422 (gRP
 
 The REST hop is KServe's v2 codec (``InferRequest.to_rest``, ``InferResponse.from_bytes``) on one keep-alive aiohttp
 session (:class:`PredictorHop`); ``--predictor_protocol grpc-v2`` uses KServe's gRPC client instead. Measured side by
-side (bench/README): the REST hop answers one user sooner and, in alternated runs, costs both servers less CPU
-(grpcio's aio server and client cost more than uvicorn and aiohttp here); gRPC's raw contents are cheaper for
-1,000-row batches; KServe's own REST client (httpx) cost the most.
+side (bench/README): the REST hop answers one user sooner and costs both servers less CPU (grpcio's aio server and
+client cost more than uvicorn and aiohttp here); gRPC's raw contents are cheaper for 1,000-row batches; KServe's own
+REST client (httpx) cost the most.
 
 Course-compatible routes on the same code path: ``GET /health``, ``GET /features/{user_id}``,
 ``POST /predict {"user_id": …}``.
