@@ -147,10 +147,12 @@ class ServedModel:
     @classmethod
     def from_pipeline(cls, pipeline, specs, *, name="", version="", run_id="", threshold=0.5, tags=None, probe=None):
         model = cls(name, version, run_id, threshold, pipeline, specs, dict(tags or {}))
-        model.lean = model._prepare_lean() and model._lean_agrees(probe, compiled=False)
+        model.lean = model._prepare_lean()
+        checked = model._probe(probe) if model.lean else None  # the Pipeline's answers, computed once for both checks
+        model.lean = model.lean and model._agrees(*checked, compiled=False)
         if model.lean:
             model.compiled = model._compile()
-            if model.compiled is not None and not model._lean_agrees(probe, compiled=True):
+            if model.compiled is not None and not model._agrees(*checked, compiled=True):
                 model.compiled = None
         if not model.lean:
             log.info("model %s v%s: scored through the sklearn Pipeline (no lean path)", name, version)
@@ -213,10 +215,16 @@ class ServedModel:
     def _lean_agrees(self, probe: pd.DataFrame | None, compiled: bool = False) -> bool:
         """The lean path (scikit-learn's classifier, or treelite's trees when ``compiled``) gives the Pipeline's
         probabilities on the probe rows, NULLs and unseen values included."""
+        return self._agrees(*self._probe(probe), compiled=compiled)
+
+    def _probe(self, probe: pd.DataFrame | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The probe rows as wire columns, and the Pipeline's probabilities for them."""
         rows = self._probe_rows(probe)
         columns = {s.name: _column_from_frame(rows[s.name], s) for s in self.specs}
+        return columns, self.pipeline.predict_proba(rows[[s.name for s in self.specs]])[:, 1]
+
+    def _agrees(self, columns: dict[str, np.ndarray], reference: np.ndarray, compiled: bool) -> bool:
         lean = self._lean_proba(columns, compiled=compiled)
-        reference = self.pipeline.predict_proba(rows[[s.name for s in self.specs]])[:, 1]
         if not np.allclose(lean, reference, rtol=0, atol=1e-9):
             log.warning(
                 "model %s v%s: the lean path%s disagrees with the Pipeline; not used",

@@ -94,6 +94,7 @@ class ServerMetrics:
         )
 
         self._request_children: dict[tuple[str, str], tuple] = {}
+        self._prediction_children: tuple | None = None
 
     def observe_request(self, protocol: str, status: str, seconds: float) -> None:
         children = self._request_children.get((protocol, status))
@@ -105,14 +106,18 @@ class ServerMetrics:
 
     def observe_predictions(self, probabilities: list[float], labels) -> None:
         """Count the returned labels and record each churn probability."""
-        histogram = self.probability.labels(self.server)
+        if self._prediction_children is None:  # looked up once, as in observe_request
+            self._prediction_children = (
+                self.probability.labels(self.server),
+                self.predictions.labels(self.server, "1"),
+                self.predictions.labels(self.server, "0"),
+            )
+        histogram, churn, stay = self._prediction_children
         for p in probabilities:
             histogram.observe(p)
         churners = int(labels.sum())
-        if churners:
-            self.predictions.labels(self.server, "1").inc(churners)
-        if len(labels) - churners:
-            self.predictions.labels(self.server, "0").inc(len(labels) - churners)
+        churn.inc(churners)
+        stay.inc(len(labels) - churners)
 
     def set_model(self, model: str, version: str, alias: str, run_id: str) -> None:
         self.model_info.clear()

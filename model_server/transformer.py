@@ -154,7 +154,6 @@ def _classes():
             self.texts = [n for n in features.names if n in features.text_features]
             self.numbers = [n for n in features.names if n not in self.texts]
             self.hop = hop  # None: KServe's gRPC client (--predictor_protocol grpc-v2)
-            self.binary_hop = hop is None
             self.max_batch = max_batch
             self.metrics = metrics
             self.ready = True
@@ -219,16 +218,16 @@ def _classes():
             for block, names, datatype in ((numbers, self.numbers, "FP64"), (texts, self.texts, "BYTES")):
                 if not names:
                     continue
-                tensor = InferInput(
+                name, shape, parameters = (
                     f"{datatype.lower()}_features",
                     list(block.shape),
-                    datatype,
-                    # JSON data: one tolist (set_data_from_numpy(binary_data=False) converts value by value)
-                    data=None if self.binary_hop else block.reshape(-1).tolist(),
-                    parameters={BLOCK_COLUMNS: ",".join(names)},
+                    {BLOCK_COLUMNS: ",".join(names)},
                 )
-                if self.binary_hop:  # raw contents on gRPC
+                if self.hop is None:  # KServe's gRPC client: raw contents
+                    tensor = InferInput(name, shape, datatype, parameters=parameters)
                     tensor.set_data_from_numpy(np.ascontiguousarray(block), binary_data=True)
+                else:  # JSON: one tolist (set_data_from_numpy(binary_data=False) converts value by value)
+                    tensor = InferInput(name, shape, datatype, data=block.reshape(-1).tolist(), parameters=parameters)
                 inputs.append(tensor)
             return InferRequest(self.name, inputs, request_id=payload.id)
 
