@@ -419,19 +419,13 @@ def _measure(
 def _server(cmd: list[str], env: dict, log: str, ready_url: str, seconds: float = 180):
     """A server process started for the benchmark, once ``ready_url`` answers; stopped on exit. SystemExit naming
     its log (``WORK/<log>.log``) if it exits or is not up after ``seconds``."""
-    import urllib.request
+    from model_server.local import wait_answering
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(WORK / f"{log}.log").open("w"))
     try:
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                with urllib.request.urlopen(ready_url, timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{log} did not start; see {WORK / (log + '.log')}") from None
-                time.sleep(0.5)
+        problem = wait_answering(ready_url, proc, seconds)
+        if problem:
+            raise SystemExit(f"{log} {problem}; see {WORK / (log + '.log')}")
         yield proc
     finally:
         proc.terminate()

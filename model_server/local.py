@@ -31,6 +31,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_answering(url: str, proc: subprocess.Popen, timeout: float) -> str | None:
+    """Poll ``url`` until it answers 200 (→ None) while ``proc`` runs. Otherwise why not, for the caller's error:
+    ``exited with code N`` or ``did not answer <url> within T s`` (the process is left running)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return None
+        except OSError:  # refused while starting, or an HTTP error status (urllib's HTTPError is an OSError)
+            pass
+        if proc.poll() is not None:
+            return f"exited with code {proc.returncode}"
+        if time.monotonic() > deadline:
+            return f"did not answer {url} within {timeout:.0f} s"
+        time.sleep(0.3)
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as the ``STREAMFLOW_*`` variables a child process reads them from."""
     env = {}
@@ -109,19 +127,9 @@ class LocalServers:
         return self
 
     def _wait_ready(self, name: str, base: str) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise StreamflowError(f"the {name} exited with code {proc.returncode}: {self._tail(name)}")
-            try:
-                with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(0.3)
-        raise StreamflowError(f"the {name} was not ready after {self.startup_timeout:.0f} s: {self._tail(name)}")
+        problem = wait_answering(f"{base}/v2/health/ready", self.procs[name], self.startup_timeout)
+        if problem:
+            raise StreamflowError(f"the {name} {problem}: {self._tail(name)}")
 
     def _tail(self, name: str, lines: int = 6) -> str:
         path = self.log_dir / f"{name}.log"

@@ -14,8 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,20 +26,16 @@ from pipelines.config import Settings
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120, what: str = "server") -> None:
     """Wait until ``url`` answers 200; fail with the process's stderr if it exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            err = proc.stderr.read()[-3000:] if proc.stderr else ""
-            pytest.fail(f"{what} exited with {proc.returncode} before answering {url}: {err}")
-        time.sleep(0.3)
+    from model_server.local import wait_answering
+
+    problem = wait_answering(url, proc, timeout)
+    if problem is None:
+        return
+    if proc.poll() is not None:
+        err = proc.stderr.read()[-3000:] if proc.stderr else ""
+        pytest.fail(f"{what} {problem} before answering {url}: {err}")
     stop_group(proc)
-    pytest.fail(f"{what} did not answer {url} within {timeout:.0f} s")
+    pytest.fail(f"{what} {problem}")
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
