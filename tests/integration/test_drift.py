@@ -342,3 +342,38 @@ def test_monthly_closes_the_loop_and_is_safe_to_rerun(backend: str, tmp_path: Pa
     assert missing.returncode == 2
     error = json.loads(missing.stdout)
     assert error["ok"] is False and "no snapshot for as_of 2024-07-31" in error["error"]
+
+
+def test_a_drifted_older_month_arriving_late_is_judged_but_never_replaces_a_newer_model(tmp_path: Path) -> None:
+    """March arrives before February: March retrains over January's model; February, drifted too, arrives last. It
+    is judged by the model that was in production before it (January's) and its drift says RETRAIN, but production
+    was trained on a newer month: no new version, the reason says why, and re-running it changes nothing."""
+    from pipelines.demo import CONCEPT_SHIFT, DRIFT
+
+    months = generate(tmp_path / "data", users=1500, months=3, seed=SEED, drift=[parse_drift(d) for d in DRIFT],
+                      drift_start=1, concept_shift=CONCEPT_SHIFT).months  # fmt: skip
+    settings = Settings(home=tmp_path / "home", db_url=None)
+    db = connect(settings)
+    try:
+        first = run_monthly(settings, db, months[0].folder)
+        march = run_monthly(settings, db, months[2].folder)
+        assert first.production_version == "1"
+        assert march.decision == RETRAIN and march.steps["retrain"]["gate"]["decision"] == "promoted"
+        assert march.production_version == "2"
+        client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        versions = len(client.search_model_versions(f"name = '{MODEL_NAME}'"))
+        february = run_monthly(settings, db, months[1].folder)
+        again = run_monthly(settings, db, months[1].folder)
+    finally:
+        db.close()
+    for late in (february, again):
+        assert late.decision == RETRAIN and late.production_version == "2"
+        assert late.steps["drift"]["model_version"] == "1"  # January's model faced February
+        assert late.steps["retrain"] is None
+        assert late.reasons[-1] == (
+            f"not retrained: v2 in production was trained on a newer month ({months[2].as_of.isoformat()}); "
+            "an older month never replaces it"
+        )
+        assert late.steps["materialize"]["skipped"]  # the online store keeps March
+    assert again.steps["drift"]["mlflow_run_id"] == february.steps["drift"]["mlflow_run_id"]
+    assert len(client.search_model_versions(f"name = '{MODEL_NAME}'")) == versions
