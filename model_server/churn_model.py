@@ -55,6 +55,18 @@ COMPILED_MAX_ROWS = 64  # rows; from this batch size on, scikit-learn scores
 BLOCK_COLUMNS = "columns"  # the input parameter naming the features of a [N, k] block
 
 
+def wire_tensor(cls, name: str, values: np.ndarray, datatype: str, binary: bool, parameters: dict | None = None):
+    """A KServe ``InferInput`` or ``InferOutput`` (``cls``) holding ``values``: raw bytes when ``binary`` (gRPC, or
+    the REST binary extension), else JSON data from one ``tolist`` — KServe's ``set_data_from_numpy(binary_data=
+    False)`` converts value by value (~6 ms for a 1,000 × 10 block)."""
+    shape = list(values.shape)
+    if binary:
+        tensor = cls(name, shape, datatype, parameters=parameters)
+        tensor.set_data_from_numpy(np.ascontiguousarray(values), binary_data=True)
+        return tensor
+    return cls(name, shape, datatype, data=values.reshape(-1).tolist(), parameters=parameters)
+
+
 class FeatureError(ValueError):
     """A feature tensor the model cannot take (the message names the tensor and the value)."""
 

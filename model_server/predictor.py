@@ -23,7 +23,14 @@ import uuid
 
 import numpy as np
 
-from model_server.churn_model import FeatureError, ServedModel, feature_tensors, load_version, metadata_inputs
+from model_server.churn_model import (
+    FeatureError,
+    ServedModel,
+    feature_tensors,
+    load_version,
+    metadata_inputs,
+    wire_tensor,
+)
 from model_server.server import (
     ServerMetrics,
     add_request_metrics,
@@ -167,17 +174,10 @@ def _kserve_model_class():
             labels = model.labels(proba)
             self.metrics.observe_predictions(proba.tolist(), labels)
             binary = payload.use_binary_outputs
-            outputs = []
-            for name, values, datatype in (
-                ("churn_probability", proba.astype(np.float32), "FP32"),
-                ("churn_label", labels, "INT64"),
-            ):
-                if binary:  # raw bytes (gRPC, or the REST binary extension)
-                    output = InferOutput(name, [len(values)], datatype)
-                    output.set_data_from_numpy(values, binary_data=True)
-                else:  # one tolist: set_data_from_numpy(binary_data=False) converts value by value (~1 ms a 1,000)
-                    output = InferOutput(name, [len(values)], datatype, data=values.tolist())
-                outputs.append(output)
+            outputs = [
+                wire_tensor(InferOutput, "churn_probability", proba.astype(np.float32), "FP32", binary),
+                wire_tensor(InferOutput, "churn_label", labels, "INT64", binary),
+            ]
             return InferResponse(
                 response_id=payload.id or uuid.uuid4().hex,
                 model_name=self.name,

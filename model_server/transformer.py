@@ -32,7 +32,7 @@ import uuid
 import numpy as np
 from fastapi import Request
 
-from model_server.churn_model import BLOCK_COLUMNS
+from model_server.churn_model import BLOCK_COLUMNS, wire_tensor
 from model_server.server import (
     ServerMetrics,
     add_request_metrics,
@@ -214,21 +214,12 @@ def _classes():
             # two blocks instead of 14 tensors (model_server.churn_model: each tensor costs both servers)
             numbers = np.array([result.columns[n] for n in self.numbers], dtype=np.float64).T  # None → NaN
             texts = np.array([["" if v is None else v for v in result.columns[n]] for n in self.texts], dtype=object).T
-            inputs = []
-            for block, names, datatype in ((numbers, self.numbers, "FP64"), (texts, self.texts, "BYTES")):
-                if not names:
-                    continue
-                name, shape, parameters = (
-                    f"{datatype.lower()}_features",
-                    list(block.shape),
-                    {BLOCK_COLUMNS: ",".join(names)},
-                )
-                if self.hop is None:  # KServe's gRPC client: raw contents
-                    tensor = InferInput(name, shape, datatype, parameters=parameters)
-                    tensor.set_data_from_numpy(np.ascontiguousarray(block), binary_data=True)
-                else:  # JSON: one tolist (set_data_from_numpy(binary_data=False) converts value by value)
-                    tensor = InferInput(name, shape, datatype, data=block.reshape(-1).tolist(), parameters=parameters)
-                inputs.append(tensor)
+            inputs = [  # raw contents for KServe's gRPC client (hop None), JSON for the REST hop
+                wire_tensor(InferInput, f"{datatype.lower()}_features", block, datatype, self.hop is None,
+                            {BLOCK_COLUMNS: ",".join(names)})
+                for block, names, datatype in ((numbers, self.numbers, "FP64"), (texts, self.texts, "BYTES"))
+                if names
+            ]  # fmt: skip
             return InferRequest(self.name, inputs, request_id=payload.id)
 
         async def predict(self, payload, headers=None, response_headers=None):
