@@ -224,11 +224,6 @@ class ServedModel:
             log.info("model %s v%s: %s not compiled (%s)", self.name, self.version, type(classifier).__name__, err)
             return None
 
-    def _lean_agrees(self, probe: pd.DataFrame | None, compiled: bool = False) -> bool:
-        """The lean path (scikit-learn's classifier, or treelite's trees when ``compiled``) gives the Pipeline's
-        probabilities on the probe rows, NULLs and unseen values included."""
-        return self._agrees(*self._probe(probe), compiled=compiled)
-
     def _probe(self, probe: pd.DataFrame | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The probe rows as wire columns, and the Pipeline's probabilities for them."""
         rows = self._probe_rows(probe)
@@ -236,6 +231,8 @@ class ServedModel:
         return columns, self.pipeline.predict_proba(rows[[s.name for s in self.specs]])[:, 1]
 
     def _agrees(self, columns: dict[str, np.ndarray], reference: np.ndarray, compiled: bool) -> bool:
+        """The lean path (scikit-learn's classifier, or treelite's trees when ``compiled``) gives the Pipeline's
+        probabilities (``reference``) on the probe columns, NULLs and unseen values included."""
         lean = self._lean_proba(columns, compiled=compiled)
         if not np.allclose(lean, reference, rtol=0, atol=1e-9):
             log.warning(
