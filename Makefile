@@ -9,6 +9,7 @@ UV_VERSION ?= 0.13.9
 export STREAMFLOW_HOME ?= .streamflow
 
 .PHONY: setup demo serve test test-fast bench lint clean help
+.PHONY: kind-up images deploy bootstrap upload-month port-forward e2e kind-down
 
 help:
 	@echo "make demo   - run the loop on the embedded default (state in $$STREAMFLOW_HOME)"
@@ -16,6 +17,15 @@ help:
 	@echo "make test   - the whole test suite (unit, integration with real Postgres, real servers)"
 	@echo "make bench  - benchmarks; results in bench/results/*.json"
 	@echo "make setup  - only create $(VENV) with the locked dependencies"
+	@echo "Kubernetes (kind; versions pinned in manifests/versions.env):"
+	@echo "make kind-up        - kind cluster $(KIND_CLUSTER) + cert-manager, KServe, Argo Workflows, Prometheus/Grafana"
+	@echo "make images         - build streamflow:<appVersion of charts/streamflow> and load it into kind"
+	@echo "make deploy         - helm upgrade --install $(RELEASE) charts/streamflow -n $(NAMESPACE) (no wait)"
+	@echo "make bootstrap      - run the streamflow-bootstrap workflow (first model) and wait for it"
+	@echo "make upload-month DIR=path/to/month_NNN - copy a month folder into the data PVC"
+	@echo "make port-forward   - the InferenceGraph on localhost:8080"
+	@echo "make e2e            - the whole loop on the kind cluster"
+	@echo "make kind-down      - delete the kind cluster"
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
@@ -51,3 +61,43 @@ lock:
 
 clean:
 	rm -rf $(STREAMFLOW_HOME) .pytest_cache
+
+# --- Kubernetes (kind) ---------------------------------------------------------------------------------------------
+# Every target goes through manifests/install.sh: it checks the tools it needs first (saying what is missing and
+# how to install it), takes every version from manifests/versions.env, and names the kind cluster's context in
+# every helm/kubectl call. `manifests/install.sh --dry-run up` (or deploy, bootstrap, ...) prints the commands
+# instead of running them.
+KIND_CLUSTER ?= streamflow
+NAMESPACE ?= streamflow
+RELEASE ?= streamflow
+# the project image tag; empty = appVersion in charts/streamflow/Chart.yaml
+APP_VERSION ?=
+K8S = KIND_CLUSTER=$(KIND_CLUSTER) NAMESPACE=$(NAMESPACE) RELEASE=$(RELEASE) APP_VERSION=$(APP_VERSION) \
+	manifests/install.sh
+
+kind-up:
+	$(K8S) up
+
+images:
+	$(K8S) images
+
+deploy:
+	$(K8S) deploy
+
+bootstrap:
+	$(K8S) bootstrap
+
+upload-month:
+	$(K8S) upload-month "$(DIR)"
+
+port-forward:
+	$(K8S) port-forward
+
+# after kind-up, images, deploy; it talks to kubectl's current context (kind-up made it kind-$(KIND_CLUSTER))
+e2e: $(STAMP)
+	$(K8S) need kubectl
+	$(PY) tests/e2e/kind_e2e.py --namespace $(NAMESPACE) --release $(RELEASE)
+
+kind-down:
+	$(K8S) need kind
+	kind delete cluster --name $(KIND_CLUSTER)
