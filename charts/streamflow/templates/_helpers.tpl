@@ -102,22 +102,34 @@ seccompProfile:
 {{- end }}
 
 {{/*
-Environment of every StreamFlow process: the non-secret settings from the ConfigMap, the database URL from the
-Secret (passwords reach pods only through secretKeyRef). Call with (dict "root" $ "db" true); it ends with the
-`env:` key, so a caller may append more items (and must when db is false).
+Environment of every StreamFlow process: the non-secret settings from the ConfigMap, secrets only through
+secretKeyRef (passwords never appear in a manifest). Call with (dict "root" $ "db" true "mlflow" true "extra" (list …)):
+db adds the database URL, mlflow the MLflow credentials when mlflow.auth is on, extra more plain variables.
 */}}
 {{- define "streamflow.env" -}}
+{{- $root := .root }}
+{{- $items := list }}
+{{- if .db }}
+{{- $items = append $items (dict "name" "STREAMFLOW_DB_URL" "valueFrom" (dict "secretKeyRef" (dict "name" (include "streamflow.dbSecret" $root) "key" "streamflow-url"))) }}
+{{- end }}
+{{- if and .mlflow $root.Values.mlflow.auth.enabled }}
+{{- $secret := include "streamflow.mlflowAuthSecret" $root }}
+{{- $items = append $items (dict "name" "MLFLOW_TRACKING_USERNAME" "valueFrom" (dict "secretKeyRef" (dict "name" $secret "key" "username"))) }}
+{{- $items = append $items (dict "name" "MLFLOW_TRACKING_PASSWORD" "valueFrom" (dict "secretKeyRef" (dict "name" $secret "key" "password"))) }}
+{{- end }}
+{{- $items = concat $items (.extra | default list) }}
 envFrom:
   - configMapRef:
-      name: {{ include "streamflow.component" (dict "root" .root "name" "config") }}
+      name: {{ include "streamflow.component" (dict "root" $root "name" "config") }}
+{{- with $items }}
 env:
-{{- if .db }}
-  - name: STREAMFLOW_DB_URL
-    valueFrom:
-      secretKeyRef:
-        name: {{ include "streamflow.dbSecret" .root }}
-        key: streamflow-url
+  {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{/* Secret holding MLflow's basic-auth credentials (generated, or the user's). */}}
+{{- define "streamflow.mlflowAuthSecret" -}}
+{{- .Values.mlflow.auth.existingSecret | default (include "streamflow.component" (dict "root" . "name" "mlflow-auth")) }}
 {{- end }}
 
 {{/* Writable paths under a read-only root filesystem: /tmp and HOME (caches) are emptyDirs. */}}
@@ -168,7 +180,7 @@ except on exit code 2 (bad input: retrying cannot help), and is bounded by stepD
       {{- range .args }}
       - {{ . | quote }}
       {{- end }}
-    {{- include "streamflow.env" (dict "root" $root "db" true) | nindent 4 }}
+    {{- include "streamflow.env" (dict "root" $root "db" true "mlflow" true) | nindent 4 }}
     securityContext:
       {{- include "streamflow.containerSecurityContext" $root | nindent 6 }}
     resources:
