@@ -11,6 +11,10 @@ Hot reload: a background thread asks the registry every ``--poll_seconds`` which
 version is downloaded and checked *beside* the serving one, then swapped in with one reference assignment: a request
 takes the model reference once, so in-flight requests finish on the old model, readiness never drops. When the
 registry does not answer, the server keeps its model, logs it once and sets ``streamflow_registry_reachable 0``.
+
+No model yet (a fresh install: nothing promoted, or MLflow still starting): the server starts anyway, live but not
+ready — ``/v2/health/ready`` and the model's ``/ready`` answer 503, an inference 503 ``ModelNotReady`` — logs one line
+saying why, and the same polling thread loads the alias's version as soon as there is one: ready, no restart.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from model_server.server import (
     run_server,
 )
 from pipelines.config import Settings
+from pipelines.db import redact_url
 
 log = logging.getLogger("streamflow.predictor")
 
@@ -73,6 +78,7 @@ def _kserve_model_class():
             self._stop = threading.Event()
             self._reachable: bool | None = None
             self._broken: str | None = None  # a version that failed to load: not retried until the alias moves
+            self._absent = False  # the registry answered that the alias (or the model) does not exist
 
         # ------------------------------------------------------------ registry
 
@@ -87,15 +93,24 @@ def _kserve_model_class():
             return self._registry().get_model_version_by_alias(self.registered_model, self.alias)
 
         def load(self) -> bool:
-            version = self._alias_version()
-            self._swap(load_version(self.registered_model, version))
-            self._set_reachable(True)
-            self.ready = True
+            """Load the alias's version if there is one, and start polling the registry either way.
+
+            Never raises: without a version to serve the server still starts, not ready, and the polling thread
+            makes it ready when one appears. Returns whether a model is served now."""
+            self.poll_once()
             threading.Thread(target=self._poll, name="registry-poll", daemon=True).start()
             return self.ready
 
+        def start(self) -> None:
+            """Called by the ModelServer at start: readiness stays what loading made it (KServe's sets it True)."""
+
+        @property
+        def _polling(self) -> str:
+            return f"polling every {self.poll_seconds:g} s"
+
         def _swap(self, model: ServedModel) -> None:
             self.served = model  # one reference assignment: requests already holding the old one finish on it
+            self.ready = True
             self.metrics.set_model(model.name, model.version, self.alias, model.run_id)
             log.warning(
                 "serving %s version %s (%s scoring, threshold %.4f)",
@@ -105,39 +120,61 @@ def _kserve_model_class():
                 model.threshold,
             )
 
-        def _set_reachable(self, ok: bool) -> None:
+        def _set_reachable(self, ok: bool, err: Exception | None = None) -> None:
             self.metrics.registry_reachable.labels(self.metrics.server).set(1 if ok else 0)
             if ok != self._reachable:
-                if not ok:
-                    log.warning(
-                        "MLflow registry unreachable: still serving version %s",
-                        self.served.version if self.served else "-",
-                    )
-                elif self._reachable is False:
+                if ok and self._reachable is False:
                     log.warning("MLflow registry reachable again")
+                elif not ok and self.served is not None:
+                    log.warning("MLflow registry unreachable: still serving version %s", self.served.version)
+                elif not ok:
+                    why = str(err).splitlines()[0][:300] if err else ""
+                    if not why.startswith("MLflow registry unreachable"):  # mlflow_client's own message names it
+                        why = f"MLflow registry unreachable at {redact_url(self.settings.tracking_uri)}: {why}"
+                    log.warning("%s; no model yet: not ready; %s", why, self._polling)
             self._reachable = ok
 
+        def _set_absent(self) -> None:
+            """The registry answered: no such alias (or model). Said once, until a version shows up."""
+            if not self._absent:
+                where = f"{self.registered_model}@{self.alias}"
+                if self.served is None:
+                    log.warning("no %s yet: not ready; %s", where, self._polling)
+                else:
+                    log.warning("no %s in the registry any more: still serving version %s", where, self.served.version)
+            self._absent = True
+
         def poll_once(self) -> bool:
-            """Swap to the alias's version if it moved; True when a new version is now served."""
+            """Swap to the alias's version if it moved (or load the first); True when a new version is now served."""
+            from pipelines.train import absent_in_registry
+
             try:
                 version = self._alias_version()
             except Exception as err:  # noqa: BLE001 - any registry failure: keep serving what we have
                 log.debug("registry poll failed: %s", err)
-                self._set_reachable(False)
+                if absent_in_registry(err):
+                    self._set_reachable(True)
+                    self._set_absent()
+                else:
+                    self._set_reachable(False, err)
                 return False
             self._set_reachable(True)
+            self._absent = False
             if self.served is not None and str(version.version) in (self.served.version, self._broken):
-                return False
+                return False  # with nothing served, a version that failed to load is tried again at each poll
             try:
                 model = load_version(self.registered_model, version)
             except Exception as err:  # noqa: BLE001 - a broken new version must not take the old one down
-                self._broken = str(version.version)
+                again, self._broken = self._broken == str(version.version), str(version.version)
+                if again:
+                    log.debug("version %s still cannot be loaded: %s", version.version, err)
+                    return False
                 self.metrics.reloads.labels(self.metrics.server, "failed").inc()
                 log.error(
-                    "version %s of %s could not be loaded, still serving %s: %s",
+                    "version %s of %s could not be loaded, %s: %s",
                     version.version,
                     self.registered_model,
-                    self.served.version if self.served else "-",
+                    f"still serving {self.served.version}" if self.served else f"not ready; {self._polling}",
                     err,
                 )
                 return False
@@ -234,16 +271,11 @@ def main(argv: list[str] | None = None) -> None:
         args.model_name, settings, args.registered_model, args.alias, args.poll_seconds, metrics
     )
     started = time.perf_counter()
-    try:
-        model.load()
+    if model.load():  # no model yet: not ready, the registry polling loads one later (its log line says why)
         threadpool_limits(limits=args.threads)  # the model's own OpenMP runtime is loaded now
-    except Exception as err:  # noqa: BLE001 - one clear line instead of a traceback: nothing to serve yet
-        raise SystemExit(
-            f"predictor: cannot load {args.registered_model}@{args.alias}: {str(err).splitlines()[0][:300]}"
-        ) from None
     log.warning(
-        "model ready in %.1f s; listening on %s:%d (REST) and :%d (gRPC)",
-        time.perf_counter() - started,
+        "%s; listening on %s:%d (REST) and :%d (gRPC)",
+        f"model ready in {time.perf_counter() - started:.1f} s" if model.ready else "no model yet",
         args.host,
         args.http_port,
         args.grpc_port,

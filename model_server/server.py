@@ -8,7 +8,12 @@ differ from the SDK's defaults, each on purpose:
   passes ``0.0.0.0``;
 * **no per-request log lines by default**: KServe's timing middleware and latency log line cost up to a quarter of
   a 1-row request (measured, see bench/README); the same figures are in the Prometheus histograms.
-  ``--access_log`` / ``--enable_latency_logging true`` bring the lines back.
+  ``--access_log`` / ``--enable_latency_logging true`` bring the lines back;
+* **a model that is not ready yet is served anyway** (the predictor on a fresh install, before the first
+  promotion): KServe's ``ModelServer`` refuses to start without a ready model and its server readiness ignores the
+  models. Here every model is registered, the server is live at once, and ``/v2/health/ready`` (REST and gRPC) is
+  true only when every model is ready; until then the model's ``/ready`` and ``/infer`` answer 503 ``ModelNotReady``
+  — without KServe's traceback per answer, which a readiness probe would print every few seconds.
 
 The one Prometheus registry of the process (``prometheus_client.REGISTRY``) is what KServe serves on ``/metrics``:
 KServe's own request histograms plus the ``streamflow_*`` metrics built by :class:`ServerMetrics`.
@@ -282,9 +287,12 @@ def base_parser(description: str, settings: Settings, http_port: int, grpc_port:
 def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks: Callable | None = None) -> None:
     """Serve ``model`` on REST and gRPC at ``args.host`` until SIGTERM/SIGINT."""
     from fastapi.exceptions import FastAPIDeprecationWarning, RequestValidationError
+    from grpc import StatusCode
     from kserve import ModelServer
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+    from kserve.errors import ModelNotReady, ServerNotReady
     from kserve.model_server import app
+    from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
     from kserve.protocol.grpc.server import GRPCServer
@@ -304,6 +312,23 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
             if args.access_log:
                 super()._add_middlewares(app)
 
+        def _add_exception_handlers(self, app) -> None:
+            super()._add_exception_handlers(app)
+            for error in (ModelNotReady, ServerNotReady):  # the same 503, without a traceback per probe
+                app.add_exception_handler(error, _not_ready)
+
+    class _DataPlane(DataPlane):
+        async def ready(self) -> bool:
+            """KServe's server readiness, and every registered model ready."""
+            models = list(self.model_registry.get_models().values())
+            return all([await m.healthy() for m in models]) and await super().ready()
+
+    class _Interceptor(ExceptionToStatusInterceptor):
+        async def handle_exception(self, ex, request_or_iterator, context, method_name):
+            if isinstance(ex, ModelNotReady):  # KServe 0.21 reads its missing .reason: UNKNOWN and a traceback
+                await context.abort(StatusCode.UNAVAILABLE, str(ex))
+            await super().handle_exception(ex, request_or_iterator, context, method_name)
+
     class _GRPCServer(GRPCServer):
         async def start(self, max_workers):
             from concurrent import futures
@@ -312,7 +337,7 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
 
             self._server = aio.server(
                 futures.ThreadPoolExecutor(max_workers=max_workers),
-                interceptors=(ExceptionToStatusInterceptor(),),
+                interceptors=(_Interceptor(),),
                 options=[
                     ("grpc.max_send_message_length", args.grpc_max_send_message_length),
                     ("grpc.max_receive_message_length", args.grpc_max_receive_message_length),
@@ -328,8 +353,15 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
             await self._server.wait_for_termination()
 
     class _ModelServer(ModelServer):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.dataplane = _DataPlane(model_registry=self.registered_models)
+
         def start(self, models) -> None:
-            self._register_and_check_atleast_one_model_is_ready(models)
+            for model in models:  # ready or not (KServe would refuse to start without a ready one)
+                self.register_model(model)
+                model.enable_latency_logging = self.enable_latency_logging
+                model.start()
             self._rest_server = _RESTServer(
                 FASTAPI_APP_IMPORT_STRING,
                 self.dataplane,
@@ -394,6 +426,14 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
     gc.collect()
     gc.freeze()
     server.start([model])
+
+
+async def _not_ready(_request, exc):
+    """KServe's 503 for a model or server not ready yet, logged at debug level only."""
+    from fastapi.responses import JSONResponse
+
+    log.debug("not ready: %s", exc)
+    return JSONResponse({"error": str(exc)}, status_code=503)
 
 
 async def _malformed(_request, exc):

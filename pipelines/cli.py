@@ -528,6 +528,7 @@ def serve(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     from model_server.local import LocalServers, curl_line
 
     settings = _settings(ctx)
+    _require_served_model(settings)
     servers = LocalServers(settings)
 
     def stop(*_: object) -> None:
@@ -557,6 +558,19 @@ def serve(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         return None
     finally:
         servers.stop()
+
+
+def _require_served_model(settings: Settings) -> None:
+    """Locally nothing will promote a model while `serve` waits: a predictor started without one (live, not ready,
+    as a fresh cluster's) would only keep `serve` waiting, so say what is missing at once."""
+    from pipelines.errors import NotFound
+    from pipelines.train import MODEL_NAME, mlflow_client, version_by_alias
+
+    if version_by_alias(mlflow_client(settings), settings.model_alias) is None:
+        raise NotFound(
+            f"no {MODEL_NAME}@{settings.model_alias} yet: nothing to serve; run `streamflow demo`, or "
+            "`streamflow monthly` on a first month folder"
+        )
 
 
 def main() -> None:

@@ -460,6 +460,12 @@ class PromoteResult:
         )
 
 
+def absent_in_registry(err: BaseException) -> bool:
+    """True when MLflow answered that the registered model or the alias does not exist: the registry is reachable,
+    there is just nothing there yet. A transport failure (refused, timed out, a 5xx) is not this."""
+    return getattr(err, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def version_by_alias(client, alias: str):
     """The version of ``streamflow_churn`` holding ``alias``, or None."""
     from mlflow.exceptions import MlflowException

@@ -192,6 +192,32 @@ def expected(stack: Stack, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return proba, (proba >= float(version.tags["threshold"])).astype(int)
 
 
+def feature_inputs(stack: Stack) -> list[dict]:
+    """The predictor's input tensors for the first user: one per feature, NaN for a contract NULL."""
+    row = stack.feb.iloc[0]
+    features = [c for c in stack.feb.columns if c != "churn_label"]
+
+    def tensor(name, value):
+        if name == "net_service":
+            return {"name": name, "datatype": "BYTES", "shape": [1], "data": [value]}
+        return {"name": name, "datatype": "FP64", "shape": [1], "data": [float(value)]}
+
+    good = [tensor(f, row[f]) for f in features if not pd.isna(row[f])]
+    return good + [{"name": f, "datatype": "FP64", "shape": [1], "data": ["NaN"]} for f in features if pd.isna(row[f])]
+
+
+def wait_log(path: Path, text: str, proc: subprocess.Popen, timeout: float = 60) -> str:
+    """Wait until the server's log holds ``text``; the log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = path.read_text() if path.exists() else ""
+        if text in log:
+            return log
+        assert proc.poll() is None, f"the server exited ({proc.returncode}): {log[-3000:]}"
+        assert time.monotonic() < deadline, f"{text!r} not logged within {timeout:.0f} s: {log[-3000:]}"
+        time.sleep(0.1)
+
+
 def metric(base_url: str, name: str, **labels: str) -> float | None:
     """One sample of the server's /metrics (None when absent)."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -344,16 +370,7 @@ def test_v2_metadata_and_health(stack: Stack) -> None:
 
 def test_predictor_refuses_bad_feature_tensors(stack: Stack) -> None:
     url = f"{stack.predictor}/v2/models/{MODEL}/infer"
-    row = stack.feb.iloc[0]
-    features = [c for c in stack.feb.columns if c != "churn_label"]
-
-    def tensor(name, value):
-        if name == "net_service":
-            return {"name": name, "datatype": "BYTES", "shape": [1], "data": [value]}
-        return {"name": name, "datatype": "FP64", "shape": [1], "data": [float(value)]}
-
-    good = [tensor(f, row[f]) for f in features if not pd.isna(row[f])]
-    good += [{"name": f, "datatype": "FP64", "shape": [1], "data": ["NaN"]} for f in features if pd.isna(row[f])]
+    good = feature_inputs(stack)
     status, body = post(url, {"inputs": good})
     assert status == 200, body
     # the block form the transformer sends (over REST here): FP64 features as one [1, k] tensor naming its columns
@@ -576,6 +593,87 @@ def test_a_real_prometheus_scrapes_both_servers(stack: Stack, tmp_path: Path) ->
         assert found["model"][0]["metric"]["version"] == production_version(stack)
     finally:
         stop_group(proc)
+
+
+# ------------------------------------------------------------------------------------------------ fresh install
+
+
+def test_predictor_without_a_model_is_live_not_ready_then_ready_once_promoted(stack: Stack) -> None:
+    """A fresh cluster: no alias in the registry yet. The predictor starts anyway — live, not ready, an inference is a
+    503 (REST) / UNAVAILABLE (gRPC), one log line says why — and serves the version as soon as the alias names one,
+    without a restart. A registered model of its own (a copy of the stack's production version: same artifacts and
+    tags) stands for the first promotion, so nothing is trained here."""
+    from mlflow import MlflowClient
+
+    name = "streamflow_churn_fresh"
+    ph, pg = free_port(), free_port()
+    base = f"http://127.0.0.1:{ph}"
+    log = stack.logs / "predictor-fresh.log"
+    args = ("--http_port", str(ph), "--grpc_port", str(pg), "--poll_seconds", "0.5", "--registered_model", name)
+    proc = _server("model_server.predictor", stack.env, log, *args)
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    try:
+        wait_http(f"{base}/v2/health/live", proc, what="predictor without a model")
+        wait_log(log, f"no {name}@production yet: not ready; polling every 0.5 s", proc)
+        assert get(f"{base}/v2/health/ready")[0] == 503
+        assert get(f"{base}/v2/models/{MODEL}/ready")[0] == 503
+        status, body = post(f"{base}/v2/models/{MODEL}/infer", {"inputs": feature_inputs(stack)})
+        assert status == 503 and body["error"] == f"Model with name {MODEL} is not ready.", body
+        with pytest.raises(grpc.RpcError) as err:
+            grpc_infer(f"127.0.0.1:{pg}", ["7590-VHVEG"])
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert metric(base, "streamflow_registry_reachable", server="predictor") == 1
+
+        # a version without the alias: still nothing to serve
+        source = client.get_model_version_by_alias(MODEL_NAME, "production")
+        client.create_registered_model(name)
+        logged = source.model_id or source.source.removeprefix("models:/")  # the version's logged model (MLflow 3)
+        copy = client.create_model_version(name, source.source, run_id=source.run_id, tags=source.tags, model_id=logged)
+        time.sleep(1.5)  # three polls
+        assert get(f"{base}/v2/health/ready")[0] == 503
+        client.set_registered_model_alias(name, "production", copy.version)
+        wait_http(f"{base}/v2/health/ready", proc, timeout=60, what="predictor after the first promotion")
+        assert get(f"{base}/v2/models/{MODEL}/ready")[0] == 200
+        status, body = post(f"{base}/v2/models/{MODEL}/infer", {"inputs": feature_inputs(stack)})
+        assert status == 200 and body["model_version"] == str(copy.version), body
+        served = outputs(body)["churn_probability"][0]
+        assert served == pytest.approx(expected(stack, [stack.feb.index[0]])[0][0], abs=1e-6)
+        text = log.read_text()
+        assert text.count("not ready") == 1 and "Traceback" not in text, text
+    finally:
+        stop_group(proc)
+
+
+def test_predictor_waits_for_an_mlflow_that_is_not_up_yet(stack: Stack, tmp_path: Path) -> None:
+    """MLflow's pod starts after the predictor's: the predictor says the registry is unreachable, stays live and not
+    ready, and notices by itself when MLflow answers (here: an empty registry, so the next line is 'no model yet')."""
+    mlflow_port, ph, pg = free_port(), free_port(), free_port()
+    base = f"http://127.0.0.1:{ph}"
+    log = stack.logs / "predictor-no-mlflow.log"
+    env = {**stack.env, "STREAMFLOW_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+    proc = _server("model_server.predictor", env, log, "--http_port", str(ph), "--grpc_port", str(pg),
+                   "--poll_seconds", "0.5")  # fmt: skip
+    mlflow_proc = None
+    try:
+        wait_http(f"{base}/v2/health/live", proc, what="predictor without MLflow")
+        wait_log(log, f"MLflow registry unreachable at http://127.0.0.1:{mlflow_port}", proc)
+        assert "no model yet: not ready; polling every 0.5 s" in log.read_text()
+        assert get(f"{base}/v2/health/ready")[0] == 503
+        assert metric(base, "streamflow_registry_reachable", server="predictor") == 0
+        mlflow_proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+             "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination",
+             str(tmp_path / "artifacts"), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        text = wait_log(log, f"no {MODEL_NAME}@production yet: not ready", proc, timeout=120)
+        assert "MLflow registry reachable again" in text and "Traceback" not in text, text
+        assert metric(base, "streamflow_registry_reachable", server="predictor") == 1
+        assert get(f"{base}/v2/health/ready")[0] == 503
+    finally:
+        stop_group(proc)
+        if mlflow_proc is not None:
+            stop_group(mlflow_proc)
 
 
 # ------------------------------------------------------------------------------------------------ hot reload
