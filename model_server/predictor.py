@@ -19,6 +19,7 @@ saying why, and the same polling thread loads the alias's version as soon as the
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import threading
@@ -240,10 +241,11 @@ def _kserve_model_class():
     return ChurnPredictor
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The predictor's command line (what :func:`main` parses): KServe's arguments with StreamFlow's defaults plus
+    the registry ones. Importable without starting anything, so a test can parse a manifest's exact args."""
     from pipelines.train import MODEL_NAME
 
-    settings = Settings()
     parser = base_parser(
         "StreamFlow predictor (KServe v2)", settings, settings.predictor_http_port, settings.predictor_grpc_port
     )
@@ -257,7 +259,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=settings.serve_threads, help="OpenMP/BLAS threads.")
     parser.add_argument("--max_body_bytes", type=int, default=64 * 1024 * 1024, help="Larger bodies: 413.")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings()
+    args = build_parser(settings).parse_args(argv)
 
     # one OpenMP/BLAS thread per request: on 2 cores, HGB's default threads fight the two servers (calibration
     # in issue 6: 1,560 → 50–220 req/s). The variable covers libraries loaded later; threadpoolctl those loaded now.

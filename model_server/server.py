@@ -271,7 +271,9 @@ def base_parser(description: str, settings: Settings, http_port: int, grpc_port:
     StreamFlow's defaults, plus ``--host`` and ``--access_log``."""
     from kserve import model_server
 
-    parser = argparse.ArgumentParser(description=description, parents=[model_server.parser])
+    # allow_abbrev=False: a manifest's flag must be spelled out (``--poll`` is not silently ``--poll_seconds``);
+    # an unknown flag is an error of parse_args (KServe's own import-time parse_known_args ignores it)
+    parser = argparse.ArgumentParser(description=description, parents=[model_server.parser], allow_abbrev=False)
     parser.add_argument("--host", default=settings.serve_host, help="Address to listen on (REST and gRPC).")
     parser.add_argument("--access_log", action="store_true", help="Log one line per request (off: it costs ~25 %%).")
     parser.set_defaults(

@@ -22,6 +22,7 @@ Course-compatible routes on the same code path: ``GET /health``, ``GET /features
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextvars
 import json
@@ -344,8 +345,9 @@ def error_handlers(app, errors) -> None:
     app.add_exception_handler(predictor_failed, on_predictor)
 
 
-def main(argv: list[str] | None = None) -> None:
-    settings = Settings()
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The transformer's command line (what :func:`main` parses): KServe's arguments with StreamFlow's defaults.
+    Importable without starting anything, so a test can parse a manifest's exact args."""
     parser = base_parser(
         "StreamFlow Feast transformer (KServe v2)",
         settings,
@@ -356,7 +358,12 @@ def main(argv: list[str] | None = None) -> None:
         "--max_batch_size", type=int, default=settings.max_batch_size, help="Most user ids per request (more: 413)."
     )
     parser.set_defaults(predictor_protocol="v2", predictor_host=f"{settings.serve_host}:{settings.predictor_http_port}")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings()
+    args = build_parser(settings).parse_args(argv)
     if args.predictor_protocol not in ("v2", "grpc-v2"):
         raise SystemExit(f"--predictor_protocol {args.predictor_protocol}: the predictor speaks v2 (REST) or grpc-v2")
     logging.basicConfig(level=settings.log_level)
