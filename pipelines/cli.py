@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table as RichTable
 
 from pipelines.config import Settings
-from pipelines.errors import StreamflowError
+from pipelines.errors import InvalidInput, StreamflowError
 
 app = typer.Typer(
     help="StreamFlow: churn prediction kept honest month after month.",
@@ -411,20 +411,45 @@ def retrain(
 @command
 def monthly(
     ctx: typer.Context,
-    month_dir: Path = typer.Argument(..., help="A month folder (month_NNN) with the six CSV files."),
+    month_dir: Path | None = typer.Argument(
+        None, metavar="MONTH_DIR", help="A month folder (month_NNN) with the six CSV files."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--next", metavar="DATA_DIR", help="Run the oldest month_NNN folder under DATA_DIR not ingested yet."
+    ),
     as_json: bool = JsonOption,
 ) -> dict[str, Any]:
-    """The whole month: ingest -> snapshot -> materialize -> drift -> retrain if needed -> gate (safe to re-run)."""
-    from pipelines.monthly import run_monthly
+    """The whole month: ingest -> snapshot -> materialize -> drift -> retrain if needed -> gate (safe to re-run).
 
+    Give MONTH_DIR, or --next DATA_DIR: the oldest month_NNN folder under DATA_DIR whose as_of is not ingested
+    yet (what the monthly CronWorkflow runs: its arguments are fixed).
+
+    --next when every folder is ingested: nothing changes, exit 0; with --json
+    {"ok": true, "decision": "NONE", "month_dir": null, "as_of": null, "reasons": ["nothing to do: ..."],
+    "data_dir": ..., "latest_month_dir": ..., "latest_as_of": ...}.
+    A month that ran: {"ok": true, "decision": "RETRAIN|NO_ACTION|BOOTSTRAP", "month_dir": ..., "as_of": ...,
+    "reasons": [...], "production_version": ..., and each step's result}.
+    """
+    from pipelines.monthly import next_month, run_monthly
+
+    if (month_dir is None) == (data_dir is None):
+        raise InvalidInput("give a month folder (streamflow monthly MONTH_DIR) or --next DATA_DIR, not both")
     log = (lambda msg: None) if as_json else _log_line
     with _database(ctx) as db:
+        if data_dir is not None:
+            found = next_month(db, data_dir)
+            if found.month_dir is None:
+                if not as_json:
+                    _out.print(found.line, highlight=False, soft_wrap=True)
+                return found.to_json()
+            month_dir = found.month_dir
+            log(f"next month under {data_dir}: {month_dir.name}")
         result = run_monthly(_settings(ctx), db, month_dir, log=log)
     if not as_json:
         _out.print(
             f"{month_dir.name} (as_of {result.as_of}): {result.decision}; production = v{result.production_version}"
         )
-    return result.to_json()
+    return {"ok": True, **result.to_json()}
 
 
 @app.command()

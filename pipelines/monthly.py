@@ -13,7 +13,7 @@ An older month re-run after newer ones never retrains: a model of an older month
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 from pipelines.config import Settings
 from pipelines.db import Database
-from pipelines.errors import NotFound
+from pipelines.errors import InvalidInput, NotFound
 
 
 @dataclass
@@ -237,3 +237,68 @@ def run_monthly(
             f"-> {gate['decision']}{again}; production = v{production_version}"
         )
     return MonthlyResult(month_dir, as_of, steps, drift.decision, reasons, production_version, drift.line())
+
+
+# ------------------------------------------------------------------------------------------------ monthly --next
+
+
+def pick_next_month(names: Iterable[str], ingested: Iterable[date]) -> str | None:
+    """The oldest ``month_NNN`` name among ``names`` whose as_of is not in ``ingested``; None when every one is.
+    Names that are not month folders are ignored."""
+    from pipelines.months import as_of_for_index, month_index
+
+    done = set(ingested)
+    months = sorted((index, name) for name in names if (index := month_index(name)) is not None)
+    return next((name for index, name in months if as_of_for_index(index) not in done), None)
+
+
+@dataclass
+class NextMonth:
+    """What ``monthly --next DATA_DIR`` found: the month folder to run, or none (every folder is ingested)."""
+
+    data_dir: Path
+    month_dir: Path | None
+    latest: Path  # the newest month folder under data_dir
+
+    @property
+    def line(self) -> str:
+        """The no-op line (when month_dir is None)."""
+        from pipelines.months import infer_as_of
+
+        return (
+            f"nothing to do: every month folder under {self.data_dir} is ingested "
+            f"(latest {self.latest.name}, as_of {infer_as_of(self.latest)})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The no-op's JSON: the keys a monthly run has (decision, month_dir, as_of, reasons) plus where it looked."""
+        from pipelines.months import infer_as_of
+
+        return {
+            "ok": True,
+            "decision": "NONE",
+            "month_dir": None,
+            "as_of": None,
+            "reasons": [self.line],
+            "data_dir": str(self.data_dir),
+            "latest_month_dir": str(self.latest),
+            "latest_as_of": infer_as_of(self.latest).isoformat(),
+        }
+
+
+def next_month(db: Database, data_dir: Path) -> NextMonth:
+    """The oldest ``month_NNN`` folder under ``data_dir`` whose as_of the database has not ingested yet.
+
+    Raises:
+        InvalidInput: ``data_dir`` is not a folder, or holds no month_NNN folder.
+    """
+    from pipelines.months import month_index
+
+    if not data_dir.is_dir():
+        raise InvalidInput(f"--next {data_dir}: not a folder (expected the folder holding month_000, month_001, …)")
+    names = [p.name for p in data_dir.iterdir() if p.is_dir() and month_index(p.name) is not None]
+    if not names:
+        raise InvalidInput(f"--next {data_dir}: no month_NNN folder in it (month_000 = as_of 2024-01-31, …)")
+    chosen = pick_next_month(names, db.months())
+    latest = max(names, key=month_index)
+    return NextMonth(data_dir, None if chosen is None else data_dir / chosen, data_dir / latest)

@@ -20,6 +20,12 @@ def as_of_for_index(index: int) -> date:
     return date(year, month0 + 1, calendar.monthrange(year, month0 + 1)[1])
 
 
+def month_index(name: str) -> int | None:
+    """The number of a ``month_NNN`` folder name (``month_002`` → 2); None for any other name."""
+    match = _MONTH_DIR.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
 def month_dir_name(index: int) -> str:
     """``month_000`` for index 0."""
     return f"month_{index:03d}"
@@ -45,10 +51,10 @@ def infer_as_of(month_dir: Path) -> date:
     Raises:
         InvalidInput: the folder is not named ``month_NNN`` (pass ``--as-of`` then).
     """
-    match = _MONTH_DIR.fullmatch(month_dir.name)
-    if not match:
+    index = month_index(month_dir.name)
+    if index is None:
         raise InvalidInput(
             f"folder {str(month_dir)!r} is not a month folder: expected a name like month_000 "
             "(month_000 = as_of 2024-01-31), or pass --as-of YYYY-MM-DD"
         )
-    return as_of_for_index(int(match.group(1)))
+    return as_of_for_index(index)

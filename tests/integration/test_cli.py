@@ -154,6 +154,49 @@ def test_kill_in_the_middle_of_a_month_leaves_the_previous_state(
     run(home, "ingest", str(small / "month_000"), db_url=db_url, check=True)
 
 
+@pytest.mark.slow  # two whole months through the CLI (train, drift, retrain): ~50 s
+def test_monthly_next_runs_the_oldest_month_not_ingested_then_says_nothing_to_do(tmp_path: Path) -> None:
+    """What the monthly CronWorkflow runs, with fixed arguments: `monthly --next DATA_DIR` picks month_000 (the
+    first model), then month_001, then changes nothing and exits 0 with decision NONE."""
+    from pipelines.generate import generate
+
+    home, data = tmp_path / "home", tmp_path / "data"
+    generate(data, users=300, months=2, seed=5)
+    (data / "notes").mkdir()  # not a month folder: ignored
+    first = one_json(run(home, "monthly", "--next", str(data), "--json", check=True))
+    assert (first["ok"], first["month_dir"], first["as_of"]) == (True, str(data / "month_000"), "2024-01-31")
+    assert first["decision"] == "BOOTSTRAP" and first["production_version"] == "1"
+    second = one_json(run(home, "monthly", "--next", str(data), "--json", check=True))
+    assert (second["month_dir"], second["as_of"]) == (str(data / "month_001"), "2024-02-29")
+    assert second["decision"] in ("NO_ACTION", "RETRAIN")
+    line = f"nothing to do: every month folder under {data} is ingested (latest month_001, as_of 2024-02-29)"
+    assert one_json(run(home, "monthly", "--next", str(data), "--json", check=True)) == {
+        "ok": True, "decision": "NONE", "month_dir": None, "as_of": None, "reasons": [line],
+        "data_dir": str(data), "latest_month_dir": str(data / "month_001"), "latest_as_of": "2024-02-29",
+    }  # fmt: skip
+    human = run(home, "monthly", "--next", str(data), check=True)
+    assert line in human.stdout.replace("\n", "")
+    status = one_json(run(home, "status", "--json", check=True))
+    assert status["months"] == ["2024-01-31", "2024-02-29"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give a month folder (streamflow monthly MONTH_DIR) or --next DATA_DIR, not both"),
+        (["{tmp}/data/month_000", "--next", "{tmp}/data"], "or --next DATA_DIR, not both"),
+        (["--next", "{tmp}/nowhere"], "--next {tmp}/nowhere: not a folder"),
+        (["--next", "{tmp}/data/month_000"], "--next {tmp}/data/month_000: no month_NNN folder in it"),
+    ],
+    ids=["neither", "both", "missing-dir", "no-month-folders"],
+)
+def test_monthly_needs_exactly_one_of_month_dir_and_next(args: list[str], message: str, tmp_path: Path) -> None:
+    (tmp_path / "data" / "month_000").mkdir(parents=True)
+    proc = run(tmp_path / "home", "monthly", *(a.format(tmp=tmp_path) for a in args), "--json")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert message.format(tmp=tmp_path) in one_json(proc)["error"]
+
+
 @pytest.mark.slow
 def test_demo_ends_with_a_v2_answer_and_serve_keeps_both_servers_up(tmp_path: Path) -> None:
     """`streamflow demo` runs the loop — first model, a calm month, a drifted month retrained and promoted — with

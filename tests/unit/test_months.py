@@ -38,3 +38,42 @@ def test_as_of_that_is_not_a_date_names_the_value(text: str) -> None:
 
 def test_as_of_parses_iso() -> None:
     assert parse_as_of(" 2024-02-29 ") == date(2024, 2, 29)
+
+
+# ------------------------------------------------------------------------------------------------ monthly --next
+
+
+@pytest.mark.parametrize(
+    ("names", "ingested", "expected"),
+    [
+        (["month_000", "month_001"], set(), "month_000"),
+        (["month_001", "month_000"], {date(2024, 1, 31)}, "month_001"),  # listing order does not matter
+        (["month_000", "month_001", "month_002"], {date(2024, 1, 31), date(2024, 3, 31)}, "month_001"),  # a gap
+        (["month_010", "month_009"], {date(2024, 10, 31)}, "month_010"),  # by number: month_009 = 2024-10-31
+        (["month_000", "notes", "month_1", "month_001.zip", "month_001"], {date(2024, 1, 31)}, "month_001"),
+        (["month_000", "month_001"], {date(2024, 1, 31), date(2024, 2, 29)}, None),  # every one ingested
+        (["month_000"], {date(2024, 1, 31), date(2024, 2, 29)}, None),  # more ingested than folders
+        (["README.md"], set(), None),
+    ],
+    ids=[
+        "none-ingested",
+        "unsorted",
+        "gap",
+        "numeric-order",
+        "other-names",
+        "all-ingested",
+        "extra-ingested",
+        "no-months",
+    ],
+)
+def test_next_month_is_the_oldest_folder_not_ingested(names: list[str], ingested: set, expected: str | None) -> None:
+    from pipelines.monthly import pick_next_month
+
+    assert pick_next_month(names, ingested) == expected
+
+
+def test_month_index_reads_the_folder_number() -> None:
+    from pipelines.months import month_index
+
+    names = ("month_000", "month_012", "month_1000", "month_1", "data")
+    assert [month_index(n) for n in names] == [0, 12, 1000, None, None]
