@@ -20,6 +20,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
@@ -74,7 +75,7 @@ def command(fn: Callable[..., dict[str, Any]]) -> Callable[..., None]:
 def _fail(message: str, code: int, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps({"ok": False, "error": message, "exit_code": code}) + "\n")
-    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -484,6 +485,41 @@ def _print_status(state: dict[str, Any], settings: Settings) -> None:
     for name, per_month in state["snapshots"].items():
         snaps.add_row(name, *(f"{per_month.get(m, 0):,}" for m in state["snapshot_as_of"]))
     _out.print(snaps)
+
+
+@app.command()
+@command
+def smoke(
+    ctx: typer.Context,
+    url: str = typer.Option(..., "--url", help="The InferenceGraph (v2 body at /) or a /v2/models/…/infer URL."),
+    user_ids: list[str] = typer.Option(..., "--user-id", help="A user id to ask for (repeatable)."),
+    aliases: list[str] = typer.Option(
+        ["production"], "--alias", "--expect-alias", help="Registry alias whose version must answer (repeatable: any)."
+    ),
+    timeout: float = typer.Option(10.0, "--timeout-seconds", min=0.1, help="How long to wait for the answer."),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """One v2 request through the served path, checked (the chart's `helm test`).
+
+    One probability in [0, 1] and one label 0/1 per id, and model_version equal to the registry's version of the
+    alias (STREAMFLOW_MLFLOW_TRACKING_URI). Run too early, exit 1 naming the missing step: MLflow unreachable, no
+    model in production (make bootstrap), the predictor without a model yet, ids unknown to the online store (the
+    ingest workflow), nothing listening at the URL.
+    """
+    from pipelines.smoke import run_smoke
+
+    result = run_smoke(_settings(ctx), url, user_ids, aliases, timeout)
+    if not as_json:
+        versions = ", ".join(f"{alias} = v{v}" for alias, v in result.aliases.items())
+        _out.print(
+            f"smoke OK: {url} answered {len(result.user_ids)} id(s) with model version {result.model_version} "
+            f"({versions}) in {result.seconds * 1000:.0f} ms",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for user, proba, label in zip(result.user_ids, result.churn_probability, result.churn_label, strict=True):
+            _out.print(f"  {user}: churn_probability {proba:.4f}, churn_label {label}", highlight=False)
+    return result.to_json()
 
 
 # ------------------------------------------------------------------------------------------------ demo

@@ -81,6 +81,7 @@ def test_generate_ingest_snapshot_status_with_json(
         (["dataset", "build", "--as-of", "2024-01-31"], "no snapshot for as_of 2024-01-31"),
         (["features", "materialize", "--as-of", "2024-13-01"], "as_of '2024-13-01' is not a date"),
         (["data", "generate", "--out", "{tmp}/x", "--drift", "colour=0.3"], "colour"),
+        (["smoke", "--url", "localhost:8080", "--user-id", "x"], "expected http://host[:port][/path]"),  # [markup]
     ],
 )
 def test_bad_input_exits_2_with_one_json_error(args: list[str], message: str, tmp_path: Path) -> None:

@@ -206,6 +206,25 @@ def feature_inputs(stack: Stack) -> list[dict]:
     return good + [{"name": f, "datatype": "FP64", "shape": [1], "data": ["NaN"]} for f in features if pd.isna(row[f])]
 
 
+def copy_production(stack: Stack, name: str):
+    """The stack's production version registered again as a new version of ``name`` (same artifacts and tags, no
+    alias): a model appears in the registry without training one."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    source = client.get_model_version_by_alias(MODEL_NAME, "production")
+    if name != MODEL_NAME:
+        client.create_registered_model(name)
+    logged = source.model_id or source.source.removeprefix("models:/")  # the version's logged model (MLflow 3)
+    return client.create_model_version(name, source.source, run_id=source.run_id, tags=source.tags, model_id=logged)
+
+
+def streamflow(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """The `streamflow` CLI as a process, with the servers' environment."""
+    command = [str(Path(sys.executable).parent / "streamflow"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
 def wait_log(path: Path, text: str, proc: subprocess.Popen, timeout: float = 60) -> str:
     """Wait until the server's log holds ``text``; the log."""
     deadline = time.monotonic() + timeout
@@ -605,6 +624,8 @@ def test_predictor_without_a_model_is_live_not_ready_then_ready_once_promoted(st
     tags) stands for the first promotion, so nothing is trained here."""
     from mlflow import MlflowClient
 
+    from pipelines.smoke import SmokeFailed, run_smoke
+
     name = "streamflow_churn_fresh"
     ph, pg = free_port(), free_port()
     base = f"http://127.0.0.1:{ph}"
@@ -624,11 +645,12 @@ def test_predictor_without_a_model_is_live_not_ready_then_ready_once_promoted(st
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert metric(base, "streamflow_registry_reachable", server="predictor") == 1
 
+        # `streamflow smoke` pointed at it (the registry has a production version of streamflow_churn): 503 named
+        with pytest.raises(SmokeFailed, match=r"the predictor has no model loaded yet \(HTTP 503: Model with name"):
+            run_smoke(stack.settings, f"{base}/v2/models/{MODEL}/infer", ["7590-VHVEG"])
+
         # a version without the alias: still nothing to serve
-        source = client.get_model_version_by_alias(MODEL_NAME, "production")
-        client.create_registered_model(name)
-        logged = source.model_id or source.source.removeprefix("models:/")  # the version's logged model (MLflow 3)
-        copy = client.create_model_version(name, source.source, run_id=source.run_id, tags=source.tags, model_id=logged)
+        copy = copy_production(stack, name)
         time.sleep(1.5)  # three polls
         assert get(f"{base}/v2/health/ready")[0] == 503
         client.set_registered_model_alias(name, "production", copy.version)
@@ -646,11 +668,16 @@ def test_predictor_without_a_model_is_live_not_ready_then_ready_once_promoted(st
 
 def test_predictor_waits_for_an_mlflow_that_is_not_up_yet(stack: Stack, tmp_path: Path) -> None:
     """MLflow's pod starts after the predictor's: the predictor says the registry is unreachable, stays live and not
-    ready, and notices by itself when MLflow answers (here: an empty registry, so the next line is 'no model yet')."""
+    ready, and notices by itself when MLflow answers (here: an empty registry, so the next line is 'no model yet').
+    `streamflow smoke` run meanwhile names the missing step each time: MLflow, then `make bootstrap`."""
+    from pipelines.smoke import SmokeFailed, run_smoke
+
     mlflow_port, ph, pg = free_port(), free_port(), free_port()
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
     base = f"http://127.0.0.1:{ph}"
     log = stack.logs / "predictor-no-mlflow.log"
-    env = {**stack.env, "STREAMFLOW_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+    env = {**stack.env, "STREAMFLOW_MLFLOW_TRACKING_URI": mlflow_url}
+    settings = stack.settings.model_copy(update={"mlflow_tracking_uri": mlflow_url})
     proc = _server("model_server.predictor", env, log, "--http_port", str(ph), "--grpc_port", str(pg),
                    "--poll_seconds", "0.5")  # fmt: skip
     mlflow_proc = None
@@ -660,6 +687,8 @@ def test_predictor_waits_for_an_mlflow_that_is_not_up_yet(stack: Stack, tmp_path
         assert "no model yet: not ready; polling every 0.5 s" in log.read_text()
         assert get(f"{base}/v2/health/ready")[0] == 503
         assert metric(base, "streamflow_registry_reachable", server="predictor") == 0
+        with pytest.raises(SmokeFailed, match=f"^MLflow at {mlflow_url} unreachable: "):
+            run_smoke(settings, stack.transformer, ["7590-VHVEG"])
         mlflow_proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
              "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination",
@@ -670,10 +699,72 @@ def test_predictor_waits_for_an_mlflow_that_is_not_up_yet(stack: Stack, tmp_path
         assert "MLflow registry reachable again" in text and "Traceback" not in text, text
         assert metric(base, "streamflow_registry_reachable", server="predictor") == 1
         assert get(f"{base}/v2/health/ready")[0] == 503
+        bootstrap = "no model in production yet: run `make bootstrap` (generate → ingest → train → promote)"
+        with pytest.raises(SmokeFailed) as err:
+            run_smoke(settings, stack.transformer, ["7590-VHVEG"])
+        assert str(err.value) == bootstrap
     finally:
         stop_group(proc)
         if mlflow_proc is not None:
             stop_group(mlflow_proc)
+
+
+# ------------------------------------------------------------------------------------------------ streamflow smoke
+
+
+def test_smoke_passes_when_the_registrys_version_answers(stack: Stack) -> None:
+    """What the chart's `helm test` runs, here against the transformer's /infer (the graph's router forwards the same
+    body there)."""
+    ids = list(stack.feb.index[:3])
+    args = ["smoke", "--url", f"{stack.transformer}/v2/models/{MODEL}/infer", "--alias", "production"]
+    proc = streamflow(stack.env, *args, *(a for u in ids for a in ("--user-id", u)), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    version = production_version(stack)
+    assert result["ok"] is True and result["model_version"] == version and result["aliases"] == {"production": version}
+    assert result["user_ids"] == ids
+    assert result["churn_probability"] == pytest.approx(expected(stack, ids)[0].tolist(), abs=1e-6)
+
+
+def test_smoke_fails_on_a_version_no_alias_names_and_on_unknown_users(stack: Stack) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.smoke import SmokeFailed, run_smoke
+
+    url = f"{stack.transformer}/v2/models/{MODEL}/infer"
+    user = stack.feb.index[0]
+    served = production_version(stack)
+    other = copy_production(stack, MODEL_NAME)  # a later version the served path does not answer with
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    client.set_registered_model_alias(MODEL_NAME, "smoke-later", other.version)
+    try:
+        with pytest.raises(SmokeFailed) as err:
+            run_smoke(stack.settings, url, [user], ["smoke-later"])
+        assert str(err.value).startswith(
+            f"answered by model version {served}, but the registry says smoke-later = version {other.version}: "
+            "a promotion the predictor has not picked up yet"
+        )
+        # a graph splitting traffic: any alias given may answer
+        assert run_smoke(stack.settings, url, [user], ["smoke-later", "production"]).model_version == served
+    finally:
+        client.delete_registered_model_alias(MODEL_NAME, "smoke-later")
+    with pytest.raises(SmokeFailed) as err:
+        run_smoke(stack.settings, url, [user, "0000-NOONE"])
+    assert str(err.value) == (
+        "user ids unknown to the online store (0000-NOONE): "
+        "run the ingest workflow (ingest → snapshot → materialize) for month_000"
+    )
+    with pytest.raises(SmokeFailed, match="no model in nowhere yet: run `make bootstrap`"):
+        run_smoke(stack.settings, url, [user], ["nowhere"])
+
+
+def test_smoke_where_nothing_listens_exits_1_naming_the_url(stack: Stack) -> None:
+    url = f"http://127.0.0.1:{free_port()}/"
+    proc = streamflow(stack.env, "smoke", "--url", url, "--user-id", stack.feb.index[0], "--json")
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    error = json.loads(proc.stdout)["error"]
+    assert error.startswith(f"graph at {url} unreachable: ") and "Connection refused" in error
+    assert f"error: graph at {url} unreachable" in proc.stderr.replace("\n", "")
 
 
 # ------------------------------------------------------------------------------------------------ hot reload
