@@ -77,7 +77,7 @@ ENDPOINTS = [
     Endpoint("fake-prometheus", "elsewhere", {"app.kubernetes.io/name": "prometheus"}),
     Endpoint("kube-api", ip="10.96.0.1"),  # the `kubernetes` Service (kind's service CIDR)
     Endpoint("kind-control-plane", ip="172.18.0.2"),  # the API server itself, :6443
-    Endpoint("external-db", ip="10.100.20.5"),  # inside ci/external-postgres-values.yaml's CIDR
+    Endpoint("external-db", ip="192.0.2.10"),  # ci/external-postgres-values.yaml's database address
     Endpoint("internet", ip="203.0.113.10"),
 ]
 BY_NAME = {e.name: e for e in ENDPOINTS}
