@@ -26,6 +26,7 @@ from pipelines.config import Settings
 from pipelines.errors import StreamflowError
 from pipelines.tables import (
     INGESTIONS_DDL,
+    MONTHLY_RUNS_DDL,
     QUARANTINE_DDL,
     RAW_TABLES,
     SNAPSHOT_RUNS_DDL,
@@ -89,6 +90,17 @@ class Database(ABC):
         """as_of of every ingested month, oldest first."""
         return [_as_date(v) for v in self.query("SELECT as_of FROM ingestions ORDER BY as_of")["as_of"]]
 
+    def record_monthly(self, as_of: date, decision: str | None) -> None:
+        """Mark the month's ``monthly`` run as started (``decision`` None) or finished with its decision."""
+        with self.transaction():
+            self._execute("DELETE FROM monthly_runs WHERE as_of = ?", (as_of,))
+            self._execute("INSERT INTO monthly_runs VALUES (?, ?, ?)", (as_of, decision is not None, decision))
+
+    def unfinished_months(self) -> list[date]:
+        """as_of of every month whose ``monthly`` run started and never finished, oldest first."""
+        frame = self.query("SELECT as_of FROM monthly_runs WHERE NOT finished ORDER BY as_of")
+        return [_as_date(v) for v in frame["as_of"]]
+
     def replace_month(self, table: Table, as_of: date, frame: pd.DataFrame) -> None:
         """Write one month of one table: the month's previous rows are replaced (upsert + removal of stale keys)."""
         if table.per_month:
@@ -131,6 +143,7 @@ class Database(ABC):
         self._execute(QUARANTINE_DDL)
         self._execute(INGESTIONS_DDL)
         self._execute(SNAPSHOT_RUNS_DDL)
+        self._execute(MONTHLY_RUNS_DDL)
         if snapshot_tables:
             for snap in SNAPSHOTS:
                 self._execute(snapshot_ddl(snap))

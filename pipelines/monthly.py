@@ -158,21 +158,34 @@ def run_monthly(
 ) -> MonthlyResult:
     """The whole month: ingest → snapshot → materialize → drift → retrain if needed → gate.
 
-    With no production model yet, the month trains the first one (decision BOOTSTRAP, no drift to judge).
+    With no production model yet, the month trains the first one (decision BOOTSTRAP, no drift to judge). The run is
+    recorded as started before anything is stored and as finished with its decision at the end, so ``--next`` takes
+    a month whose run died again (a workflow retry included) rather than skipping to the next one.
 
     Raises:
         InvalidInput / NotFound: a bad month folder (nothing stored changes), as ``ingest`` raises them.
         StreamflowError: MLflow unreachable.
     """
-    from pipelines.drift import RETRAIN, run_drift
-    from pipelines.features import apply_repo, build_dataset, feature_service, materialize, open_store
-    from pipelines.ingest import check_month_dir, ingest_month
+    from pipelines.ingest import check_month_dir
     from pipelines.months import infer_as_of
-    from pipelines.snapshot import take_snapshot
-    from pipelines.train import PRODUCTION, mlflow_client, version_by_alias
 
     check_month_dir(month_dir)
     as_of = infer_as_of(month_dir)
+    db.record_monthly(as_of, None)
+    result = _run_month(settings, db, month_dir, as_of, store=store, log=log)
+    db.record_monthly(as_of, result.decision)
+    return result
+
+
+def _run_month(
+    settings: Settings, db: Database, month_dir: Path, as_of: date, *, store, log: Callable[[str], None]
+) -> MonthlyResult:
+    from pipelines.drift import RETRAIN, run_drift
+    from pipelines.features import apply_repo, build_dataset, feature_service, materialize, open_store
+    from pipelines.ingest import ingest_month
+    from pipelines.snapshot import take_snapshot
+    from pipelines.train import PRODUCTION, mlflow_client, version_by_alias
+
     steps: dict[str, Any] = {}
     ingested = ingest_month(db, settings, month_dir, as_of)
     steps["ingest"] = ingested.to_json()
@@ -242,12 +255,12 @@ def run_monthly(
 # ------------------------------------------------------------------------------------------------ monthly --next
 
 
-def pick_next_month(names: Iterable[str], ingested: Iterable[date]) -> str | None:
-    """The oldest ``month_NNN`` name among ``names`` whose as_of is not in ``ingested``; None when every one is.
-    Names that are not month folders are ignored."""
+def pick_next_month(names: Iterable[str], ingested: Iterable[date], unfinished: Iterable[date] = ()) -> str | None:
+    """The oldest ``month_NNN`` name among ``names`` whose as_of is not in ``ingested`` or whose ``monthly`` run is
+    ``unfinished``; None when every one is done. Names that are not month folders are ignored."""
     from pipelines.months import as_of_for_index, month_index
 
-    done = set(ingested)
+    done = set(ingested) - set(unfinished)
     months = sorted((index, name) for name in names if (index := month_index(name)) is not None)
     return next((name for index, name in months if as_of_for_index(index) not in done), None)
 
@@ -287,7 +300,7 @@ class NextMonth:
 
 
 def next_month(db: Database, data_dir: Path) -> NextMonth:
-    """The oldest ``month_NNN`` folder under ``data_dir`` whose as_of the database has not ingested yet.
+    """The oldest ``month_NNN`` folder under ``data_dir`` not ingested yet, or whose ``monthly`` run died.
 
     Raises:
         InvalidInput: ``data_dir`` is not a folder, or holds no month_NNN folder.
@@ -299,6 +312,6 @@ def next_month(db: Database, data_dir: Path) -> NextMonth:
     names = [p.name for p in data_dir.iterdir() if p.is_dir() and month_index(p.name) is not None]
     if not names:
         raise InvalidInput(f"--next {data_dir}: no month_NNN folder in it (month_000 = as_of 2024-01-31, …)")
-    chosen = pick_next_month(names, db.months())
+    chosen = pick_next_month(names, db.months(), db.unfinished_months())
     latest = max(names, key=month_index)
     return NextMonth(data_dir, None if chosen is None else data_dir / chosen, data_dir / latest)

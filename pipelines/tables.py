@@ -217,6 +217,14 @@ INGESTIONS_DDL = """CREATE TABLE IF NOT EXISTS ingestions (
   quarantined_rows INTEGER NOT NULL
 )"""
 
+# one row per month `streamflow monthly` started: finished stays false until the month's decision is made, so a run
+# that died (or a workflow retry) takes the same month again instead of the next one
+MONTHLY_RUNS_DDL = """CREATE TABLE IF NOT EXISTS monthly_runs (
+  as_of DATE PRIMARY KEY,
+  finished BOOLEAN NOT NULL,
+  decision TEXT
+)"""
+
 SNAPSHOT_RUNS_DDL = """CREATE TABLE IF NOT EXISTS snapshot_runs (
   as_of DATE PRIMARY KEY,
   rows INTEGER NOT NULL

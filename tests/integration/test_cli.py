@@ -21,8 +21,10 @@ pytestmark = pytest.mark.integration
 STREAMFLOW = str(Path(sys.executable).parent / "streamflow")
 
 
-def run(home: Path, *args: str, db_url: str = "", check: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STREAMFLOW_HOME": str(home), "STREAMFLOW_DB_URL": db_url}
+def run(
+    home: Path, *args: str, db_url: str = "", check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STREAMFLOW_HOME": str(home), "STREAMFLOW_DB_URL": db_url, **(env or {})}
     proc = subprocess.run([STREAMFLOW, *args], env=env, capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -179,6 +181,23 @@ def test_monthly_next_runs_the_oldest_month_not_ingested_then_says_nothing_to_do
     assert line in human.stdout.replace("\n", "")
     status = one_json(run(home, "status", "--json", check=True))
     assert status["months"] == ["2024-01-31", "2024-02-29"]
+
+
+def test_monthly_next_takes_a_month_whose_run_died_again(tmp_path: Path) -> None:
+    """A run that stored the month and then failed (MLflow unreachable) did not finish it: the next `--next` (an Argo
+    retry, or the next schedule) takes the same month again instead of skipping to the one after it."""
+    from pipelines.generate import generate
+    from tests.conftest import free_port
+
+    home, data = tmp_path / "home", tmp_path / "data"
+    generate(data, users=300, months=2, seed=5)
+    nowhere = {"STREAMFLOW_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    died = run(home, "monthly", "--next", str(data), "--json", env=nowhere)
+    assert died.returncode == 1, died.stdout + died.stderr
+    status = one_json(run(home, "status", "--json", check=True))
+    assert status["months"] == ["2024-01-31"]  # month_000 was ingested before MLflow was needed
+    again = one_json(run(home, "monthly", "--next", str(data), "--json", check=True))
+    assert (again["month_dir"], again["decision"]) == (str(data / "month_000"), "BOOTSTRAP")
 
 
 @pytest.mark.parametrize(

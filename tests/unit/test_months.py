@@ -72,6 +72,15 @@ def test_next_month_is_the_oldest_folder_not_ingested(names: list[str], ingested
     assert pick_next_month(names, ingested) == expected
 
 
+def test_next_month_takes_again_a_month_whose_monthly_run_did_not_finish() -> None:
+    from pipelines.monthly import pick_next_month
+
+    ingested = {date(2024, 1, 31), date(2024, 2, 29)}
+    assert pick_next_month(["month_000", "month_001", "month_002"], ingested) == "month_002"
+    assert pick_next_month(["month_000", "month_001", "month_002"], ingested, {date(2024, 2, 29)}) == "month_001"
+    assert pick_next_month(["month_000", "month_001"], ingested, {date(2024, 1, 31)}) == "month_000"
+
+
 def test_month_index_reads_the_folder_number() -> None:
     from pipelines.months import month_index
 
