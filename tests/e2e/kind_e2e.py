@@ -47,15 +47,12 @@ import base64
 import csv
 import gzip
 import json
-import math
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -320,73 +317,27 @@ def step_result(workflow: Mapping[str, Any], names: Sequence[str]) -> dict[str, 
     return parse_result(text, f"workflow {wf_name} step {node.get('displayName')}")
 
 
-def v2_request(user_ids: Sequence[str]) -> dict[str, Any]:
-    """The v2 inference request for some users, as users send it to the graph.
-
-    Args:
-        user_ids: the ids to score (at least one).
-
-    Returns:
-        ``{"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [N], "data": [...]}]}``.
-
-    Raises:
-        E2EError: no id.
-    """
-    if not user_ids:
-        raise E2EError("a v2 request needs at least one user id")
-    ids = [str(user_id) for user_id in user_ids]
-    return {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [len(ids)], "data": ids}]}
-
-
-def _is_probability(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
-
-
 def check_answer(answer: Any, user_ids: Sequence[str], *, expected_version: str | None = None) -> str:
-    """Check the graph's answer to :func:`v2_request` and return the model version it names.
+    """Check the graph's answer with the helm test's own check (:func:`pipelines.smoke.check_answer`) and return the
+    model version it names.
 
     Args:
         answer: the decoded response body.
         user_ids: the ids that were sent, in order.
-        expected_version: the registry's production version; None to skip that comparison.
-
-    Returns:
-        The answer's ``model_version`` as text.
+        expected_version: the registry's production version; None to accept any.
 
     Raises:
-        E2EError: every problem found, each naming what is wrong (a missing output, a count that does not match
-            the ids, the ids whose probability or label is out of range, a missing or unexpected version).
+        E2EError: what is wrong with the answer.
     """
-    if not isinstance(answer, Mapping) or not isinstance(answer.get("outputs"), list):
-        raise E2EError(f"the graph's answer has no outputs list: {json.dumps(answer)[:400]}")
-    ids = [str(user_id) for user_id in user_ids]
-    outputs = {out.get("name"): out.get("data") for out in answer["outputs"] if isinstance(out, Mapping)}
-    problems: list[str] = []
-    for name in ("churn_probability", "churn_label"):
-        data = outputs.get(name)
-        if not isinstance(data, list):
-            problems.append(f"no {name} output (outputs: {', '.join(map(str, outputs)) or 'none'})")
-        elif len(data) != len(ids):
-            problems.append(f"{name} has {len(data)} values for {len(ids)} user ids")
-    paired = zip(ids, outputs.get("churn_probability") or [], strict=False)
-    bad = [f"{uid}={value!r}" for uid, value in paired if not _is_probability(value)]
-    if bad:
-        problems.append(f"churn_probability outside [0, 1] for {', '.join(bad)}")
-    # an exact type check: True == 1 in Python, but a JSON boolean is not the INT64 label the contract names
-    paired = zip(ids, outputs.get("churn_label") or [], strict=False)
-    bad = [f"{uid}={value!r}" for uid, value in paired if type(value) is not int or value not in (0, 1)]
-    if bad:
-        problems.append(f"churn_label not 0/1 for {', '.join(bad)}")
-    if "user_id" in outputs and outputs["user_id"] != ids:
-        problems.append(f"user_id output {outputs['user_id']} does not match the request's {ids}")
-    version = answer.get("model_version")
-    if version in (None, ""):
-        problems.append("no model_version in the answer")
-    elif expected_version is not None and str(version) != str(expected_version):
-        problems.append(f"model_version {version} is not the registry's production version {expected_version}")
-    if problems:
-        raise E2EError("the graph's answer is wrong: " + "; ".join(problems))
-    return str(version)
+    from pipelines.smoke import SmokeFailed
+    from pipelines.smoke import check_answer as check_v2_answer
+
+    versions = None if expected_version is None else {PRODUCTION_ALIAS: str(expected_version)}
+    try:
+        version, _, _ = check_v2_answer(answer, [str(u) for u in user_ids], versions)
+    except SmokeFailed as err:
+        raise E2EError(f"the graph's answer is wrong: {err}") from None
+    return version
 
 
 def expect_retrain(result: Mapping[str, Any], production_before: str) -> str:
@@ -654,25 +605,23 @@ class PortForward:
 
 
 def ask_graph(forward: PortForward, user_ids: Sequence[str]) -> dict[str, Any]:
-    """One v2 request to the graph's router (``POST /``, the body forwarded as it is).
+    """One v2 request to the graph's router (``POST /``, the body forwarded as it is), sent and read as the helm
+    test does (:mod:`pipelines.smoke`).
 
     Raises:
-        Unanswered: refused, timed out, an error status or a body that is not JSON.
+        Unanswered: nothing answered, or an error answer (named as the bootstrap step it says is missing).
     """
+    from pipelines.smoke import SmokeFailed, post, refusal, v2_request
+
     forward.revive()
-    request = urllib.request.Request(
-        forward.url + "/",
-        data=json.dumps(v2_request(user_ids)).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
+    url = forward.url + "/"
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        raise Unanswered(f"HTTP {err.code}: {err.read().decode(errors='replace')[:400]}") from None
-    except (OSError, ValueError) as err:  # refused / reset while pods start; a non-JSON body
-        raise Unanswered(f"{type(err).__name__}: {err}") from None
+        status, body = post(url, v2_request(list(user_ids)), timeout=30)
+    except SmokeFailed as err:  # refused / reset while pods start
+        raise Unanswered(str(err)) from None
+    if status != 200 or not isinstance(body, dict):
+        raise Unanswered(refusal(url, status, body, list(user_ids)))
+    return body
 
 
 def wait_for_graph(
