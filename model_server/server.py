@@ -13,7 +13,9 @@ differ from the SDK's defaults, each on purpose:
   promotion): KServe's ``ModelServer`` refuses to start without a ready model and its server readiness ignores the
   models. Here every model is registered, the server is live at once, and ``/v2/health/ready`` (REST and gRPC) is
   true only when every model is ready; until then the model's ``/ready`` and ``/infer`` answer 503 ``ModelNotReady``
-  — without KServe's traceback per answer, which a readiness probe would print every few seconds.
+  — without KServe's traceback per answer, which a readiness probe would print every few seconds;
+* **KServe's model-repository API is off** (REST ``/v2/repository/...`` answers 403, gRPC ``RepositoryModelLoad`` /
+  ``RepositoryModelUnload`` UNIMPLEMENTED): see :data:`REPOSITORY_OFF`.
 
 The one Prometheus registry of the process (``prometheus_client.REGISTRY``) is what KServe serves on ``/metrics``:
 KServe's own request histograms plus the ``streamflow_*`` metrics built by :class:`ServerMetrics`.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import re
 import time
@@ -40,6 +43,20 @@ log = logging.getLogger(__name__)
 # 0.25 ms … 2.5 s: a 1-row request is a few milliseconds, a 10,000-id batch a few hundred
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 PROBABILITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+# KServe 0.21 registers ``POST /v2/repository/models/{name}/load|unload`` (REST) and ``RepositoryModelLoad|Unload``
+# (gRPC) on every server, unauthenticated. One unload made every later inference fail until a restart (``load``
+# cannot bring the model back: it answers 503) while readiness and /metrics still said all was well. They are off,
+# not kept behind an admin credential: what a StreamFlow server serves is decided in one place, the MLflow registry
+# alias the predictor follows (``streamflow promote`` / ``--rollback``), and the transformer has one model for its
+# whole life; there is nothing an operator could usefully load or unload here, so a credential (and the Secret
+# holding it) would guard a door that only ever leads to an outage. REST answers 403 (a deliberate refusal, not a
+# 404 that reads as "no such model"); gRPC answers UNIMPLEMENTED, its code for "not enabled in this service"
+# (PERMISSION_DENIED would suggest another caller may).
+REPOSITORY_OFF = (
+    "the model repository API (load/unload) is off on StreamFlow servers: what is served follows the MLflow "
+    "registry alias (change it with `streamflow promote`, or `streamflow promote --rollback`)"
+)
 
 
 class ServerMetrics:
@@ -170,10 +187,13 @@ class _Wrap:
 def request_guard(app, max_bytes: int) -> None:
     """Before KServe reads a request:
 
-    * answer 413 when its Content-Length passes ``max_bytes`` (a JSON body is parsed whole, so a limit on ids
-      alone would come after the cost);
+    * answer 413 when its body passes ``max_bytes`` (a JSON body is parsed whole, so a limit on ids alone would
+      come after the cost): at once when its Content-Length says so; for a body sent ``Transfer-Encoding:
+      chunked`` (no length up front) by counting the bytes as they arrive, see :func:`_read_bounded`;
     * read an ``/infer`` body sent without a JSON content type (``curl -d`` sends a form type) as JSON, unless it
       carries the binary-tensor header: KServe would otherwise take it for binary tensors and refuse it.
+
+    Every route of the app goes through it: v2, v1 and the transformer's course routes.
     """
 
     def middleware(asgi_app):
@@ -182,16 +202,11 @@ def request_guard(app, max_bytes: int) -> None:
                 headers = dict(scope.get("headers") or [])
                 length = headers.get(b"content-length")
                 if length is not None and length.isdigit() and int(length) > max_bytes:
-                    body = f'{{"error": "request body of {int(length)} bytes is over the {max_bytes} bytes limit"}}'
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 413,
-                            "headers": [(b"content-type", b"application/json")],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body.encode()})
-                    return
+                    return await _too_large(send, f"request body of {int(length)} bytes", max_bytes)
+                if b"transfer-encoding" in headers:
+                    receive = await _read_bounded(receive, send, max_bytes)
+                    if receive is None:  # answered 413, or the client went away
+                        return
                 if (
                     scope["path"].endswith("/infer")
                     and not headers.get(b"content-type", b"").startswith(b"application/json")
@@ -204,6 +219,86 @@ def request_guard(app, max_bytes: int) -> None:
         return wrapped
 
     app.add_middleware(_Wrap, factory=middleware)
+
+
+async def _read_bounded(receive, send, max_bytes: int):
+    """Read a chunked body here, before the app starts, counting as it arrives; past ``max_bytes`` answer 413 and
+    stop reading (uvicorn drops what the client still sends once the answer is complete: it is never held).
+
+    Returns a ``receive`` that hands the app the body read, or None when the request is over (413 sent, or the
+    client disconnected). Read up front rather than counted inside the app's own reads: FastAPI turns any exception
+    raised while it reads a body into a 400 "There was an error parsing the body", and a route that has begun to
+    answer cannot become a 413. It costs nothing more: every route here reads the whole body before using it.
+    A body with a Content-Length needs none of this: the HTTP parser delivers no more than the length checked.
+    """
+    chunks: list[bytes] = []
+    received = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > max_bytes:
+            chunks.clear()
+            await _too_large(send, "chunked request body", max_bytes)
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    chunks.clear()
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if replayed:
+            return await receive()  # after the body: the server's own (disconnect) messages
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _too_large(send, what: str, max_bytes: int) -> None:
+    body = json.dumps({"error": f"{what} is over the {max_bytes} bytes limit"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def models_ready(model_registry) -> bool:
+    """At least one model registered and every registered model ready: the servers' readiness (with KServe's own).
+
+    KServe's ``all(...)`` over the registered models is true for none, and a model unloaded is no longer registered:
+    whatever takes the model away, readiness goes with it."""
+    models = list(model_registry.get_models().values())
+    return bool(models) and all([await m.healthy() for m in models])
+
+
+def refuse_repository_api(app) -> None:
+    """Answer every ``/v2/repository/...`` request (any method) 403 with :data:`REPOSITORY_OFF`.
+
+    Called before KServe registers its routes: the first API route that matches answers, so KServe's load/unload
+    handlers are never reached. (Taking them out instead would mean editing FastAPI's internals: 0.16x keeps an
+    included router's routes inside it, not in ``app.router.routes``; and a plain Starlette route would not do,
+    FastAPI tries those only after every API route.)"""
+    from fastapi.responses import JSONResponse
+
+    async def refused():
+        return JSONResponse({"error": REPOSITORY_OFF}, status_code=403)
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    app.add_api_route("/v2/repository/{rest:path}", refused, methods=methods, include_in_schema=False)
+
+
+class RepositoryOff(Exception):
+    """A model-repository call over gRPC: answered UNIMPLEMENTED with :data:`REPOSITORY_OFF`."""
 
 
 def fast_infer(app, endpoints: Callable[[], Any]) -> None:
@@ -314,6 +409,10 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
             if args.access_log:
                 super()._add_middlewares(app)
 
+        def _register_endpoints(self, app) -> None:
+            refuse_repository_api(app)  # first: it shadows KServe's load/unload routes
+            super()._register_endpoints(app)
+
         def _add_exception_handlers(self, app) -> None:
             super()._add_exception_handlers(app)
             for error in (ModelNotReady, ServerNotReady):  # the same 503, without a traceback per probe
@@ -321,15 +420,23 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
 
     class _DataPlane(DataPlane):
         async def ready(self) -> bool:
-            """KServe's server readiness, and every registered model ready."""
-            models = list(self.model_registry.get_models().values())
-            return all([await m.healthy() for m in models]) and await super().ready()
+            """KServe's server readiness, and a model registered, every one ready."""
+            return await models_ready(self.model_registry) and await super().ready()
 
     class _Interceptor(ExceptionToStatusInterceptor):
         async def handle_exception(self, ex, request_or_iterator, context, method_name):
             if isinstance(ex, ModelNotReady):  # KServe 0.21 reads its missing .reason: UNKNOWN and a traceback
                 await context.abort(StatusCode.UNAVAILABLE, str(ex))
+            if isinstance(ex, RepositoryOff):
+                await context.abort(StatusCode.UNIMPLEMENTED, str(ex))
             await super().handle_exception(ex, request_or_iterator, context, method_name)
+
+    class _Servicer(InferenceServicer):
+        async def RepositoryModelLoad(self, request, context):
+            raise RepositoryOff(REPOSITORY_OFF)
+
+        async def RepositoryModelUnload(self, request, context):
+            raise RepositoryOff(REPOSITORY_OFF)
 
     class _GRPCServer(GRPCServer):
         async def start(self, max_workers):
@@ -346,7 +453,7 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
                 ],
             )
             grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-                InferenceServicer(self._data_plane, self._model_repository_extension), self._server
+                _Servicer(self._data_plane, self._model_repository_extension), self._server
             )
             address = f"[::]:{self._port}" if host in ("0.0.0.0", "::") else f"{host}:{self._port}"
             self._server.add_insecure_port(address)
