@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
@@ -34,10 +36,32 @@ log = logging.getLogger(__name__)
 
 APPLY_HINT = "run `streamflow features apply` first"
 
+# How often, at most, the online lookup asks the registry cache for newly materialized as_of (in a thread).
+REGISTRY_CHECK_SECONDS = 1.0
+
 
 def as_of_timestamp(as_of: date) -> datetime:
     """The event timestamp of a snapshot: the as_of at 00:00 UTC (see docs/architecture.md)."""
     return datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
+
+
+def newest_materialized(view) -> datetime | None:
+    """The event timestamp of the newest snapshot materialized into ``view``'s online table (None: never).
+
+    Read from the materialization intervals Feast records on the feature view in the registry: :func:`materialize`
+    loads one snapshot as the window ``[as_of, as_of + 1 day)``, so the start of the interval that ends last is the
+    newest as_of's timestamp. Every user of that snapshot has a row stamped with it; a row stamped earlier belongs
+    to a user the snapshot no longer holds (churned, or removed by a corrected re-ingest).
+    """
+    intervals = getattr(view, "materialization_intervals", None) or []
+    if not intervals:
+        return None
+    start, _ = max(intervals, key=lambda interval: _utc(interval[1]))
+    return _utc(start)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def feast_env(settings: Settings) -> dict[str, str]:
@@ -311,6 +335,13 @@ class LookupResult:
         return pd.DataFrame(self.columns)
 
 
+def _stale(stamp: datetime | None, oldest_valid: datetime) -> bool:
+    """A row stamped before ``oldest_valid`` (online stores answer UTC, naive or aware)."""
+    if stamp is None:
+        return True
+    return (stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)) < oldest_valid
+
+
 def _proto_value(value) -> Any:
     kind = value.WhichOneof("val")
     return None if kind is None or kind == "null_val" else getattr(value, kind)
@@ -323,6 +354,16 @@ class OnlineFeatures:
     the read ``get_online_features`` does underneath, without its per-call request planning, which costs ~2.5 ms
     per call and ~0.3 ms per user on top (bench/README). Values and NULLs are the SDK's own: a test holds the two
     equal on known, unknown and contract-NULL users.
+
+    Stale rows are missing. Materializing a snapshot adds and updates rows but never removes one, so a user absent
+    from the newest snapshot keeps the row of the last snapshot that held them. A row whose event timestamp is older
+    than the newest as_of materialized into its feature view (:func:`newest_materialized`) is answered as a missing
+    row, exactly like an unknown user's. Those as_of are read from the registry through Feast's own registry cache
+    (:meth:`refresh_as_of`), off the request path: a lookup uses the as_of last read and, at most once per
+    ``REGISTRY_CHECK_SECONDS``, starts a thread that asks the cache again. The file registry (embedded) notices a
+    materialization by the file's mtime, so it is served within about a second; the SQL registry (Postgres) re-reads
+    after its ``cache_ttl_seconds``. A lookup pays one clock read for this (the cache check, ~25 µs, and a registry
+    re-read, up to ~60 ms, never reach a request); a registry that cannot be read keeps the as_of last read.
     """
 
     def __init__(self, settings: Settings, store=None) -> None:
@@ -342,9 +383,60 @@ class OnlineFeatures:
         if len(join_keys) != 1:
             raise StreamflowError(f"feature service {self.service.name}: expected one join key, got {join_keys}")
         self.join_key = join_keys.pop()
+        # (the registry proto the as_of were read from, view name -> newest materialized as_of)
+        self._as_of: tuple[Any, dict[str, datetime | None]] = (None, {})
+        self._registry_error: str | None = None
+        self._checking = threading.Lock()  # held while a registry check runs: one at a time
+        self._next_check = time.monotonic() + REGISTRY_CHECK_SECONDS
+        self.refresh_as_of()
+
+    def refresh_as_of(self) -> dict[str, datetime | None]:
+        """The newest materialized as_of of each feature view (event timestamp, UTC), as the registry cache holds
+        it now (Feast refreshes a stale cache first); lookups use what the last call read."""
+        from feast.infra.registry import proto_registry_utils
+
+        registry, project = self.store.registry, self.store.project
+        seen, newest = self._as_of
+        try:
+            # Feast's cache check, refreshing a stale cache (~25 µs: the list is cached per registry proto)
+            registry.list_feature_views(project, allow_cache=True)
+            proto = registry.cached_registry_proto
+            if proto is seen:
+                return newest
+            newest = {  # read from the proto held, whatever another thread's refresh does meanwhile
+                view.name: newest_materialized(proto_registry_utils.get_feature_view(proto, view.name, project))
+                for view, _ in self._views
+            }
+        except Exception as err:  # noqa: BLE001 - serving goes on with the as_of last read
+            if seen is None:
+                raise
+            if str(err) != self._registry_error:  # once per distinct error, not once per request
+                self._registry_error = str(err)
+                log.warning("online lookup: registry not readable (%s); keeping the as_of last read", err)
+            return newest
+        self._as_of, self._registry_error = (proto, newest), None
+        return newest
+
+    def _current_as_of(self) -> dict[str, datetime | None]:
+        """The as_of last read; past ``REGISTRY_CHECK_SECONDS`` since the last check, a thread checks again."""
+        now = time.monotonic()
+        if now >= self._next_check and self._checking.acquire(blocking=False):
+            self._next_check = now + REGISTRY_CHECK_SECONDS
+            try:
+                threading.Thread(target=self._check, name="streamflow-registry-check", daemon=True).start()
+            except RuntimeError:  # no thread to be had: the next lookup past the interval tries again
+                self._checking.release()
+        return self._as_of[1]
+
+    def _check(self) -> None:
+        try:
+            self.refresh_as_of()
+        finally:
+            self._checking.release()
 
     def lookup(self, user_ids: Sequence[str]) -> LookupResult:
-        """Features of many users in one read per feature view.
+        """Features of many users in one read per feature view; a row older than its view's newest materialized
+        as_of is a missing row.
 
         Raises:
             InvalidInput: the list is empty or holds something that is not a non-empty string.
@@ -361,16 +453,19 @@ class OnlineFeatures:
         unique = list(dict.fromkeys(ids))
         keys = [EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=u)]) for u in unique]
         values: dict[str, list[Any]] = {name: [None] * len(unique) for name in self.names}
+        newest = self._current_as_of()
         for view, names in self._views:
             rows = self._provider.online_read(
                 config=self.store.config, table=view, entity_keys=keys, requested_features=names
             )
-            for i, (_, found) in enumerate(rows):
-                if found:
-                    for name in names:
-                        value = found.get(name)
-                        if value is not None:
-                            values[name][i] = _proto_value(value)
+            oldest_valid = newest.get(view.name)
+            for i, (stamp, found) in enumerate(rows):
+                if not found or (oldest_valid is not None and _stale(stamp, oldest_valid)):
+                    continue
+                for name in names:
+                    value = found.get(name)
+                    if value is not None:
+                        values[name][i] = _proto_value(value)
         missing: dict[str, list[str]] = {}
         for i, uid in enumerate(unique):
             gaps = [
