@@ -1,19 +1,30 @@
 """The one entry point, ``streamflow``, used by people, ``make demo``, the Argo steps and the tests.
 
 Every command prints a short human summary, or with ``--json`` exactly one JSON object on stdout. Exit codes:
-0 success, 2 bad input, 1 anything else. The commands stay thin: each calls one typed function of its stage.
+0 success, 2 bad input, 75 the state is held by another run (retry later, or ``--wait SECONDS``), 130 interrupted,
+1 anything else. The commands stay thin: each calls one typed function of its stage.
+
+A failure, whatever raised it (a StreamflowError, a full disk, a read-only STREAMFLOW_HOME, a library's exception), is
+one message: one line on stderr, and with ``--json`` one object ``{"ok": false, "error": …, "exit_code": …}`` on
+stdout; no traceback unless ``streamflow --debug <command>`` (the global option, given before the command).
+
+A command that changes the state (``changes_state=True`` below) holds the state lock (:mod:`pipelines.lock`) for its
+whole run, taken before the database is opened; a second one refuses at once naming the holder (exit 75), or with
+``--wait SECONDS`` waits that long for it. Read-only commands (status, smoke, serve, data generate) take none.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table as RichTable
 
 from pipelines.config import Settings
-from pipelines.errors import InvalidInput, StreamflowError
+from pipelines.errors import InvalidInput, StreamflowError, redact, redact_url, url_secrets
 
 app = typer.Typer(
     help="StreamFlow: churn prediction kept honest month after month.",
@@ -52,30 +63,100 @@ def _settings(ctx: typer.Context) -> Settings:
     return ctx.obj
 
 
-def command(fn: Callable[..., dict[str, Any]]) -> Callable[..., None]:
-    """Run a command body that returns its JSON payload; print it or its summary; map errors to exit codes."""
+DEBUG_KEY = "streamflow.debug"  # in the click context's meta: the global --debug
 
-    @functools.wraps(fn)
+
+def command(fn: Callable[..., dict[str, Any]] | None = None, *, changes_state: bool = False) -> Callable[..., Any]:
+    """Run a command body that returns its JSON payload; print it or its summary; map every error to one message and
+    its exit code.
+
+    ``changes_state=True``: the command also gets ``--wait SECONDS`` and runs holding the state lock.
+    """
+    if fn is None:
+        return functools.partial(command, changes_state=changes_state)
+    body = fn
+    if "ctx" not in inspect.signature(body).parameters:
+        raise TypeError(f"{body.__name__}: a command takes ctx: typer.Context (its failures need it)")
+
+    @functools.wraps(body)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         as_json = kwargs.get("as_json", False)
+        wait = kwargs.pop("wait", None)
+        ctx = kwargs["ctx"]
         try:
             # libraries (Feast, MLflow) print progress on stdout; stdout holds our summary or the one JSON object
             with redirect_stdout(sys.stderr):
-                payload = fn(*args, **kwargs)
+                with _state_lock(ctx, wait) if changes_state else nullcontext():
+                    payload = body(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own exits and usage errors
+            raise
         except StreamflowError as err:
-            _fail(str(err), err.exit_code, as_json)
-        except OSError as err:
-            _fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "), 1, as_json)
+            _fail(ctx, str(err), err.exit_code, as_json)
+        except OSError as err:  # a full disk, a read-only or missing folder
+            _fail(ctx, f"{err.filename or ''}: {err.strerror or err}".lstrip(": "), 1, as_json)
+        except KeyboardInterrupt:
+            _fail(ctx, "interrupted", 130, as_json)
+        except Exception as err:  # a library's exception too is one message, not a traceback
+            _fail(ctx, _unexpected(err), 1, as_json)
         if as_json and payload is not None:  # None: the command printed its one object itself (serve)
             sys.stdout.write(json.dumps(payload, default=str) + "\n")
 
+    if changes_state:
+        # one more option, --wait, on every state-changing command (Typer reads the parameters from the signature)
+        sig = inspect.signature(body, eval_str=True)
+        params = list(sig.parameters.values())
+        wait = inspect.Parameter("wait", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=WaitOption,
+                                 annotation=float | None)  # fmt: skip
+        wrapper.__signature__ = sig.replace(parameters=[*params[:-1], wait, params[-1]])  # type: ignore[attr-defined]
     return wrapper
 
 
-def _fail(message: str, code: int, as_json: bool) -> None:
+WaitOption = typer.Option(
+    None, "--wait", metavar="SECONDS", min=0,
+    help="When another run holds the state lock, wait up to SECONDS for it (default: refuse at once, exit 75).",
+)  # fmt: skip
+
+
+@contextmanager
+def _state_lock(ctx: typer.Context, wait: float | None) -> Iterator[None]:
+    from pipelines.lock import state_lock
+
+    name = ctx.command_path.partition(" ")[2] or ctx.command_path  # "features materialize"
+    with state_lock(
+        _settings(ctx),
+        name,
+        wait=wait,
+        on_wait=lambda msg: _err.print(msg, highlight=False, soft_wrap=True, markup=False),
+    ):
+        yield
+
+
+# the settings that may hold a password: no failure message shows it (nor a piece of it), whoever wrote the message
+_URL_SETTINGS = ("STREAMFLOW_DB_URL", "STREAMFLOW_MLFLOW_TRACKING_URI", "STREAMFLOW_PUSHGATEWAY_URL")
+
+
+def _unexpected(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err} (unexpected error; `streamflow --debug <command>` prints its traceback)"
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in message.splitlines() if part.strip()) or "failed"
+
+
+def _report(message: str, code: int, as_json: bool, debug: bool) -> None:
+    """The one message of a failure (called while the exception is being handled)."""
+    secrets = [s for name in _URL_SETTINGS for s in url_secrets(os.environ.get(name))]
+    if debug and sys.exc_info()[0] is not None:
+        sys.stderr.write(redact(traceback.format_exc(), secrets))
+    message = redact(_one_line(message), secrets)
     if as_json:
         sys.stdout.write(json.dumps({"ok": False, "error": message, "exit_code": code}) + "\n")
+        sys.stdout.flush()
     _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _fail(ctx: typer.Context, message: str, code: int, as_json: bool) -> None:
+    _report(message, code, as_json, bool(ctx.meta.get(DEBUG_KEY)))
     raise typer.Exit(code)
 
 
@@ -103,9 +184,23 @@ def _database(ctx: typer.Context) -> Iterator[Any]:
 
 
 @app.callback()
-def _root(ctx: typer.Context) -> None:
+def _root(
+    ctx: typer.Context,
+    debug: bool = typer.Option(
+        False, "--debug", help="On a failure, also print the Python traceback (stderr). Give it before the command."
+    ),
+) -> None:
     """Read the settings once (``STREAMFLOW_*`` environment variables) and pass them to every command."""
-    settings = _settings(ctx)
+    from pydantic import ValidationError
+
+    ctx.meta[DEBUG_KEY] = debug
+    try:
+        settings = _settings(ctx)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"STREAMFLOW_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in err.errors()
+        )
+        _fail(ctx, f"bad settings: {problems}", 2, "--json" in sys.argv[1:])
     level = logging.getLevelName(settings.log_level.upper())
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not isinstance(level, int) or level > logging.INFO:
@@ -176,7 +271,7 @@ def data_generate(
 
 
 @app.command()
-@command
+@command(changes_state=True)
 def ingest(
     ctx: typer.Context,
     month_dir: Path = typer.Argument(..., help="A month folder (month_NNN) with the six CSV files."),
@@ -206,7 +301,7 @@ def ingest(
 
 
 @app.command()
-@command
+@command(changes_state=True)
 def snapshot(
     ctx: typer.Context,
     as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of an ingested month."),
@@ -228,7 +323,7 @@ def snapshot(
 
 
 @features_app.command("apply")
-@command
+@command(changes_state=True)
 def features_apply(ctx: typer.Context, as_json: bool = JsonOption) -> dict[str, Any]:
     """Register the feature_repo definitions in the Feast registry (idempotent)."""
     from pipelines.features import apply_repo
@@ -243,7 +338,7 @@ def features_apply(ctx: typer.Context, as_json: bool = JsonOption) -> dict[str, 
 
 
 @features_app.command("materialize")
-@command
+@command(changes_state=True)
 def features_materialize(
     ctx: typer.Context,
     as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of a snapshot."),
@@ -263,7 +358,7 @@ def features_materialize(
 
 
 @dataset_app.command("build")
-@command
+@command(changes_state=True)
 def dataset_build(
     ctx: typer.Context,
     as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of a snapshot with labels."),
@@ -287,7 +382,7 @@ def dataset_build(
 
 
 @app.command()
-@command
+@command(changes_state=True)
 def train(
     ctx: typer.Context,
     as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of a snapshot with labels."),
@@ -313,7 +408,7 @@ def train(
 
 
 @app.command()
-@command
+@command(changes_state=True)
 def promote(
     ctx: typer.Context,
     rollback: bool = typer.Option(False, "--rollback", help="Restore the previous champion."),
@@ -344,7 +439,7 @@ def _gate_line(result: Any) -> str:
 
 
 @app.command()
-@command
+@command(changes_state=True)
 def drift(
     ctx: typer.Context,
     current_as_of: str = typer.Option(..., "--current-as-of", help="YYYY-MM-DD of the new month (B)."),
@@ -387,7 +482,7 @@ def _print_drift(result: Any) -> None:
 
 
 @app.command()
-@command
+@command(changes_state=True)
 def retrain(
     ctx: typer.Context,
     as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of the month to train the challenger on."),
@@ -409,7 +504,7 @@ def retrain(
 
 
 @app.command()
-@command
+@command(changes_state=True)
 def monthly(
     ctx: typer.Context,
     month_dir: Path | None = typer.Argument(
@@ -469,7 +564,7 @@ def status(ctx: typer.Context, as_json: bool = JsonOption) -> dict[str, Any]:
 
 def _print_status(state: dict[str, Any], settings: Settings) -> None:
     months = state["months"]
-    where = settings.database_url.split("@")[-1]
+    where = redact_url(settings.database_url)
     raw = RichTable("table", *months, "stored", title=f"raw tables, rows per as_of ({where})")
     for name, per_month in state["tables"].items():
         if "all" in per_month:  # users: one row per user, whatever the month
@@ -526,7 +621,7 @@ def smoke(
 
 
 @app.command()
-@command
+@command(changes_state=True)
 def demo(
     ctx: typer.Context,
     users: int = typer.Option(7043, "--users"),
@@ -562,7 +657,8 @@ def demo(
         _out.print(f"state: {settings.home.resolve()}  (inspect it with `streamflow status`)")
         _out.print(f"drift reports: {(settings.reports_dir / 'evidently').resolve()}")
         _out.print(
-            f"MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {settings.tracking_uri} "
+            f"MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri "
+            f"{redact_url(settings.tracking_uri)} "
             "--port 5000"
         )
         _out.print("repeat the request: `streamflow serve` in another terminal, then")
@@ -636,7 +732,12 @@ def _require_served_model(settings: Settings) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except Exception as err:  # raised outside a command body (the commands catch their own)
+        argv = sys.argv[1:]
+        _report(_unexpected(err), 1, "--json" in argv, "--debug" in argv)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

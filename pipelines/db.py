@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines.config import Settings
-from pipelines.errors import StreamflowError
+from pipelines.errors import StreamflowError, redact, redact_url, url_secrets  # the servers import redact_url here
 from pipelines.tables import (
     INGESTIONS_DDL,
     MONTHLY_RUNS_DDL,
@@ -267,12 +267,7 @@ class PostgresDatabase(Database):
     """Postgres mode: every table, snapshots included, in the database of ``STREAMFLOW_DB_URL``."""
 
     def __init__(self, url: str) -> None:
-        import psycopg2
-
-        try:
-            self._con = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"), connect_timeout=10)
-        except psycopg2.OperationalError as err:
-            raise StreamflowError(f"cannot connect to Postgres at {redact_url(url)}: {str(err).strip()}") from None
+        self._con = open_postgres(url)
         self._con.autocommit = True
         self._in_tx = False
 
@@ -358,14 +353,20 @@ class PostgresDatabase(Database):
         self._con.close()
 
 
-def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+def open_postgres(url: str, **options: Any) -> Any:
+    """A psycopg2 connection to the database of ``url`` (the database's, and the state lock's: one place that reads
+    the URL); ``options`` are libpq connection parameters.
+
+    Raises:
+        StreamflowError: the server does not answer or refuses the credentials.
+    """
+    import psycopg2
+
+    try:
+        return psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"), connect_timeout=10, **options)
+    except psycopg2.OperationalError as err:
+        why = redact(str(err).strip(), url_secrets(url))  # libpq may quote a piece of a password it misread
+        raise StreamflowError(f"cannot connect to Postgres at {redact_url(url)}: {why}") from None
 
 
 def connect(settings: Settings) -> Database:
@@ -376,7 +377,7 @@ def connect(settings: Settings) -> Database:
     else:
         url = settings.database_url
         if not url.startswith("duckdb:///"):
-            raise StreamflowError(f"STREAMFLOW_DB_URL {url!r}: expected postgresql://… or duckdb:///path")
+            raise StreamflowError(f"STREAMFLOW_DB_URL {redact_url(url)!r}: expected postgresql://… or duckdb:///path")
         db = DuckDBDatabase(Path(url.removeprefix("duckdb:///")), settings.snapshot_dir)
     db.ensure_schema()
     return db

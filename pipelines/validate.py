@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import sys
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -36,6 +37,8 @@ _INT_PATTERN = r"[+-]?\d+(?:\.0*)?"  # "3.0" is how pandas writes an int column 
 _NUM_PATTERN = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"  # finite decimals only: no inf, no nan
 
 TEXT = pd.StringDtype("pyarrow")
+# pyarrow's CSV block (its default): a row longer than this cannot be read, and is refused naming line and column
+CSV_BLOCK_BYTES = 1 << 20
 QUARANTINE_COLUMNS = ["table_name", "file", "line", "column_name", "value", "reason", "raw_row"]
 
 
@@ -75,6 +78,36 @@ def _decode_or_fail(path: Path, raw: bytes) -> None:
             f"{path}: line {line_no}, column {column!r}: byte 0x{raw[err.start]:02x} is not UTF-8 "
             "(save the file as UTF-8)"
         ) from None
+
+
+def _unreadable(path: Path, raw: bytes, header: list[str], err: Exception) -> InvalidInput:
+    """pyarrow's reader gives up on a row longer than its block (a huge field, or a quote never closed that makes the
+    rest of the file one field) without saying where: find that row (the first longer than a block, else the longest
+    one) and name its longest field."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)
+    try:
+        reader = csv.reader(io.StringIO(raw.decode("utf-8")))
+        longest: tuple[int, int, list[int]] = (0, 0, [])  # row size, first line, field sizes
+        end = 0
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            sizes = [len(field.encode()) for field in row]
+            if sum(sizes) + len(row) > longest[0]:
+                longest = (sum(sizes) + len(row), start, sizes)
+                if longest[0] > CSV_BLOCK_BYTES:
+                    break
+    finally:
+        csv.field_size_limit(previous)
+    size, line, sizes = longest
+    if size <= CSV_BLOCK_BYTES // 2:
+        return InvalidInput(f"{path}: not readable as CSV: {err}")
+    index = max(range(len(sizes)), key=sizes.__getitem__)
+    column = header[index] if index < len(header) else f"#{index + 1}"
+    return InvalidInput(
+        f"{path}: line {line}, column {column!r}: a field of {sizes[index]:,} bytes, more than a whole row may hold "
+        f"({CSV_BLOCK_BYTES / 2**20:g} MiB); a quote never closed makes the rest of the file one field"
+    )
 
 
 def _nonblank_line_numbers(raw: bytes) -> np.ndarray:
@@ -138,16 +171,21 @@ def read_table_file(path: Path, table: Table) -> tuple[pd.DataFrame, pd.DataFram
         bad.append((row.number, row.text, row.actual_columns))
         return "skip"
 
-    arrow = pacsv.read_csv(
-        io.BytesIO(raw),
-        read_options=pacsv.ReadOptions(use_threads=False, column_names=header, skip_rows=1),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=_on_invalid),
-        convert_options=pacsv.ConvertOptions(
-            column_types={h: pyarrow_lib.string() for h in header},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+    try:
+        arrow = pacsv.read_csv(
+            io.BytesIO(raw),
+            read_options=pacsv.ReadOptions(
+                use_threads=False, column_names=header, skip_rows=1, block_size=CSV_BLOCK_BYTES
+            ),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=_on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={h: pyarrow_lib.string() for h in header},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pyarrow_lib.ArrowInvalid as err:
+        raise _unreadable(path, raw, header, err) from None
     arrow = pyarrow_lib.table({name: pc.utf8_trim_whitespace(arrow[name]) for name in arrow.column_names})
     # pyarrow-backed strings keep every string operation of the checks vectorised
     frame = arrow.to_pandas(types_mapper={pyarrow_lib.string(): TEXT}.get)
