@@ -35,6 +35,16 @@ def scenario_values(scenario: str) -> dict[str, Any] | None:
     return yaml.safe_load((CHART / "ci" / f"{scenario}-values.yaml").read_text())
 
 
+@functools.cache
+def _values_of(scenario: str) -> str:
+    return json.dumps(_chart().merge_values(scenario_values(scenario)))
+
+
+def values_of(scenario: str) -> dict[str, Any]:
+    """The values a scenario's release uses: the chart's defaults merged with the scenario's file by Helm itself."""
+    return json.loads(_values_of(scenario))  # a fresh copy: callers may change it
+
+
 @dataclass
 class Rendered:
     """One render of the chart: the manifests by template path, and every object parsed."""

@@ -25,8 +25,7 @@ import click
 import pytest
 
 from pipelines.config import Settings
-from tests.chart.conftest import NAMESPACE, Rendered, render, rendered
-from tests.chart.test_network import effective_values
+from tests.chart.conftest import NAMESPACE, Rendered, render, rendered, values_of
 
 # Argo parameters with no declared value anywhere take a realistic one (dates must parse as the CLI parses them)
 REALISTIC = {"as-of": "2024-01-31", "month": "month_000", "users": "7043", "months": "2", "seed": "42",
@@ -260,7 +259,7 @@ def test_every_project_container_has_a_known_entrypoint(scenario: str) -> None:
     unknown = [f"{r.where}: {r.argv}" for r in runs_of(scenario) if family(r) == "unknown"]
     assert not unknown, f"[{scenario}] containers of the project image with no parser here:\n" + "\n".join(unknown)
     families = {family(r) for r in runs_of(scenario)}
-    values = effective_values(scenario)
+    values = values_of(scenario)
     expected = {"model_server.predictor", "model_server.transformer", "mlflow", "streamflow"}
     assert families == expected, f"[{scenario}] entrypoints: {families}"
     leaves = {" ".join(parse_streamflow(r.args)[0]) for r in runs_of(scenario) if family(r) == "streamflow"}
@@ -292,7 +291,7 @@ def test_streamflow_commands_parse(scenario: str) -> None:
 
 
 def test_model_servers_parse_to_what_the_chart_means(scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    r, values = rendered(scenario), effective_values(scenario)
+    r, values = rendered(scenario), values_of(scenario)
     servers = [run for run in runs_of(scenario) if family(run).startswith("model_server.")]
     isvcs = r.of_kind("InferenceService")
     assert len(servers) == 2 * len(isvcs) > 0
@@ -450,7 +449,7 @@ def _needs(run: Run, values: dict[str, Any]) -> set[str]:
 
 
 def test_every_pod_gets_the_settings_it_needs(scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    r, values = rendered(scenario), effective_values(scenario)
+    r, values = rendered(scenario), values_of(scenario)
     for run in runs_of(scenario):
         env = _env_of(run, r)
         given = {n.upper().removeprefix("STREAMFLOW_").lower() for n in env if n.upper().startswith("STREAMFLOW_")}
@@ -473,7 +472,7 @@ def test_every_pod_gets_the_settings_it_needs(scenario: str, monkeypatch: pytest
 
 
 def test_the_configmap_builds_valid_settings(scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    r, values = rendered(scenario), effective_values(scenario)
+    r, values = rendered(scenario), values_of(scenario)
     (config,) = [cm for cm in r.of_kind("ConfigMap") if "STREAMFLOW_HOME" in (cm.get("data") or {})]
     settings = _settings_from(config["data"] | {"STREAMFLOW_DB_URL": FAKE_DB_URL.format(db="streamflow")}, monkeypatch)
     assert settings.home == Path("/data/home")
@@ -513,7 +512,7 @@ def _mlflow_service(r: Rendered) -> str:
 
 
 def test_urls_name_rendered_services(scenario: str) -> None:
-    r, values = rendered(scenario), effective_values(scenario)
+    r, values = rendered(scenario), values_of(scenario)
     (config,) = [cm for cm in r.of_kind("ConfigMap") if "STREAMFLOW_HOME" in (cm.get("data") or {})]
     data = config["data"]
     mlflow = urlsplit(data["STREAMFLOW_MLFLOW_TRACKING_URI"])
@@ -539,7 +538,7 @@ def test_the_transformer_calls_its_own_predictor(scenario: str) -> None:
 
 
 def test_the_helm_test_calls_the_graph(scenario: str) -> None:
-    r, values = rendered(scenario), effective_values(scenario)
+    r, values = rendered(scenario), values_of(scenario)
     (graph,) = r.of_kind("InferenceGraph")
     (run,) = [run for run in runs_of(scenario) if run.obj["kind"] == "Pod"]
     path, ctx = parse_streamflow(run.args)
@@ -582,7 +581,7 @@ def test_the_helm_test_user_ids_are_subscribers_of_every_generated_month(tmp_pat
     churned is gone from the next month's folder, and from the online store once that month is materialized)."""
     from pipelines.generate import generate
 
-    values = effective_values("default")
+    values = values_of("default")
     _, ctx = _generate_run()
     g = values["workflows"]["generate"]
     assert (ctx.params["users"], ctx.params["months"], ctx.params["seed"]) == (g["users"], g["months"], g["seed"])

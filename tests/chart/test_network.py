@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.chart.conftest import CHART, NAMESPACE, RELEASE, render, rendered, scenario_values
+from tests.chart.conftest import NAMESPACE, RELEASE, render, rendered, values_of
 
 FULLNAME = RELEASE  # the release name contains "streamflow": it is the prefix of every object name
 GRAPH = f"{FULLNAME}-churn"
@@ -191,22 +190,6 @@ def allowed_flows(policies: list[dict[str, Any]], endpoints: list[Endpoint] = EN
 # ------------------------------------------------------------------------------------------------ the declared flows
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-@functools.cache
-def _defaults() -> dict[str, Any]:
-    return yaml.safe_load((CHART / "values.yaml").read_text())
-
-
-def effective_values(scenario: str) -> dict[str, Any]:
-    return _merge(_defaults(), scenario_values(scenario) or {})
-
-
 def addresses_in(cidr: str) -> list[str]:
     """The address endpoints inside a CIDR of the values (what an ipBlock of it stands for)."""
     net = ipaddress.ip_network(cidr)
@@ -215,7 +198,7 @@ def addresses_in(cidr: str) -> list[str]:
 
 def declared_flows(scenario: str) -> set[Flow]:
     """The flows docs/kubernetes.md and the issue declare, for a scenario's values (nothing read from policies)."""
-    values = effective_values(scenario)
+    values = values_of(scenario)
     np = values["networkPolicy"]
     flows: set[Flow] = set()
 
@@ -307,7 +290,7 @@ def test_the_flows_that_must_stay_closed(scenario: str) -> None:
 @pytest.mark.parametrize("scenario", NETWORK_SCENARIOS)
 def test_the_model_addresses_fall_in_the_scenario_cidrs(scenario: str) -> None:
     """The address endpoints stand for what the values say (else the declared set would prove nothing about them)."""
-    np = effective_values(scenario)["networkPolicy"]
+    np = values_of(scenario)["networkPolicy"]
     assert set(API_ENDPOINTS) <= set(addresses_in(np["apiServerCIDR"])), f"[{scenario}] {np['apiServerCIDR']}"
     if scenario == "external-postgres":
         assert "external-db" in addresses_in(np["externalDatabaseCIDR"]), np["externalDatabaseCIDR"]

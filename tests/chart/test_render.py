@@ -32,8 +32,8 @@ from tests.chart.conftest import (
     rendered,
     scenario_values,
     strip,
+    values_of,
 )
-from tests.chart.test_rules import values_of
 
 # kind v0.32.0's default node image is kindest/node:v1.36.1 (../shared/UPSTREAM.md). The pin in manifests/ wins when
 # it exists: the render is checked at the version the cluster really runs.

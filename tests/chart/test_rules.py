@@ -8,16 +8,14 @@ could never fail would be caught.
 from __future__ import annotations
 
 import copy
-import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.chart.conftest import CHART, NAMESPACE, RELEASE, SCENARIOS, rendered, scenario_values
+from tests.chart.conftest import NAMESPACE, RELEASE, SCENARIOS, rendered, values_of
 
 Objects = list[dict[str, Any]]
 GRAPH_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -26,24 +24,6 @@ TEMPLATE_TYPES = (
     "container", "script", "dag", "steps", "resource", "suspend", "containerSet", "data", "http", "plugin",
 )  # fmt: skip
 WORKFLOW_KINDS = ("Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate", "CronWorkflow")
-
-
-def merge(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
-    """Helm's values merge: maps merge key by key, anything else replaces (null removes)."""
-    out = copy.deepcopy(base)
-    for key, value in (over or {}).items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-@functools.cache
-def values_of(scenario: str) -> dict[str, Any]:
-    return merge(yaml.safe_load((CHART / "values.yaml").read_text()), scenario_values(scenario))
 
 
 def ident(obj: dict[str, Any]) -> str:

@@ -22,9 +22,8 @@ from urllib.parse import quote, urlsplit
 import pytest
 from kubernetes.utils.quantity import parse_quantity
 
-from tests.chart.conftest import RELEASE, SCENARIOS, rendered
+from tests.chart.conftest import RELEASE, SCENARIOS, rendered, values_of
 from tests.chart.test_render import UPGRADE, objects_of, upgrade_render
-from tests.chart.test_rules import values_of
 
 Objects = list[dict[str, Any]]
 CREDENTIAL_URL = re.compile(r"://[^/@:]+:[^@]+@")
@@ -506,15 +505,9 @@ def describe(total: dict[str, Decimal]) -> str:
             f"limits {total['limits.cpu']:.2f} CPU / {total['limits.memory'] / gib:.2f} GiB")  # fmt: skip
 
 
-def test_default_install_fits_the_laptop(capsys):
+def test_default_install_fits_the_laptop():
     total, lines = sums(rendered("default").objects)
     assert len(lines) == 6, f"long-running pods counted: {lines}"
-    step = first_container(rendered("default").objects, TRAIN)["resources"]
-    production, _ = sums(rendered("production").objects)
-    with capsys.disabled():
-        print(f"\ndefault install, long-running pods: {describe(total)}\n  " + "\n  ".join(lines))
-        print(f"a running workflow step adds {step}")
-        print(f"ci/production-values.yaml: {describe(production)}")
     assert total["requests.cpu"] <= LAPTOP_CPU and total["requests.memory"] <= LAPTOP_MEMORY, (
         f"default install requests more than the 4 CPU / 8 GiB laptop: {describe(total)}"
     )
