@@ -21,7 +21,7 @@ def build_app(model_uri: str):
     from pydantic import BaseModel
 
     from pipelines.config import Settings
-    from pipelines.features import feature_names, open_store
+    from pipelines.online import feature_names, open_store
 
     settings = Settings()
     store = open_store(settings)

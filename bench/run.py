@@ -125,8 +125,9 @@ def _prepared(users: str, home: str):
 
     from pipelines.config import Settings
     from pipelines.db import connect
-    from pipelines.features import apply_repo, open_store
+    from pipelines.features import apply_repo
     from pipelines.ingest import ingest_month
+    from pipelines.online import open_store
     from pipelines.snapshot import take_snapshot
 
     as_of = date(2024, 1, 31)
@@ -142,7 +143,8 @@ def _child_features(users: str, home: str) -> None:
     """Runs in a fresh process: one month loaded and materialized, then online lookups and a training-set build."""
     import numpy as np
 
-    from pipelines.features import OnlineFeatures, build_dataset, materialize
+    from pipelines.features import build_dataset, materialize
+    from pipelines.online import OnlineFeatures
 
     settings, db, store, as_of = _prepared(users, home)
     start = time.perf_counter()
@@ -210,7 +212,8 @@ def _child_models(users: str, home: str) -> None:
     import numpy as np
     import pandas as pd
 
-    from pipelines.features import build_dataset, feature_names
+    from pipelines.features import build_dataset
+    from pipelines.online import feature_names
     from pipelines.train import MODEL_KINDS, fit_and_score
 
     settings, db, store, as_of = _prepared(users, home)
@@ -549,9 +552,10 @@ def _child_drift_prepare(users: str, home: str) -> None:
     from pipelines.db import connect
     from pipelines.demo import CONCEPT_SHIFT, DRIFT
     from pipelines.drift import PREDICTION
-    from pipelines.features import apply_repo, build_dataset, feature_names, open_store
+    from pipelines.features import apply_repo, build_dataset
     from pipelines.generate import generate, parse_drift
     from pipelines.ingest import ingest_month
+    from pipelines.online import feature_names, open_store
     from pipelines.snapshot import take_snapshot
     from pipelines.train import fit_and_score
 

@@ -388,7 +388,7 @@ def _column_for_pipeline(column: np.ndarray, spec: FeatureSpec) -> pd.Series | n
 
 def load_version(model_name: str, version) -> ServedModel:
     """Download and prepare one registered version (``version`` is an MLflow ModelVersion) from the registry the
-    process points at (:func:`pipelines.train.mlflow_client` sets it)."""
+    process points at (:func:`pipelines.registry.mlflow_client` sets it)."""
     import tempfile
 
     import mlflow

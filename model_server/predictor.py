@@ -27,6 +27,10 @@ import time
 import uuid
 
 import numpy as np
+from kserve import Model
+from kserve.errors import InvalidInput, ModelNotReady
+from kserve.model import InferenceVerb
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from model_server.churn_model import (
     FeatureError,
@@ -45,207 +49,194 @@ from model_server.server import (
     run_server,
 )
 from pipelines.config import Settings
-from pipelines.db import redact_url
+from pipelines.errors import redact_url
+from pipelines.registry import MODEL_NAME, absent_in_registry, mlflow_client
 
 log = logging.getLogger("streamflow.predictor")
 
 
-def _kserve_model_class():
-    from kserve import Model
-    from kserve.errors import InvalidInput, ModelNotReady
-    from kserve.model import InferenceVerb
-    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+class ChurnPredictor(Model):
+    """kserve.Model answering with the registry's ``alias`` version of ``registered_model``."""
 
-    class ChurnPredictor(Model):
-        """kserve.Model answering with the registry's ``alias`` version of ``registered_model``."""
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        registered_model: str,
+        alias: str,
+        poll_seconds: float,
+        metrics: ServerMetrics,
+    ) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.registered_model = registered_model
+        self.alias = alias
+        self.poll_seconds = poll_seconds
+        self.metrics = metrics
+        self.served: ServedModel | None = None
+        self._client = None
+        self._stop = threading.Event()
+        self._reachable: bool | None = None
+        self._broken: str | None = None  # a version that failed to load: not retried until the alias moves
+        self._absent = False  # the registry answered that the alias (or the model) does not exist
 
-        def __init__(
-            self,
-            name: str,
-            settings: Settings,
-            registered_model: str,
-            alias: str,
-            poll_seconds: float,
-            metrics: ServerMetrics,
-        ) -> None:
-            super().__init__(name)
-            self.settings = settings
-            self.registered_model = registered_model
-            self.alias = alias
-            self.poll_seconds = poll_seconds
-            self.metrics = metrics
-            self.served: ServedModel | None = None
-            self._client = None
-            self._stop = threading.Event()
-            self._reachable: bool | None = None
-            self._broken: str | None = None  # a version that failed to load: not retried until the alias moves
-            self._absent = False  # the registry answered that the alias (or the model) does not exist
+    # ------------------------------------------------------------ registry
 
-        # ------------------------------------------------------------ registry
+    def _registry(self):
+        if self._client is None:
+            self._client = mlflow_client(self.settings)
+        return self._client
 
-        def _registry(self):
-            if self._client is None:
-                from pipelines.train import mlflow_client
+    def _alias_version(self):
+        return self._registry().get_model_version_by_alias(self.registered_model, self.alias)
 
-                self._client = mlflow_client(self.settings)
-            return self._client
+    def load(self) -> bool:
+        """Load the alias's version if there is one, and start polling the registry either way.
 
-        def _alias_version(self):
-            return self._registry().get_model_version_by_alias(self.registered_model, self.alias)
+        Never raises: without a version to serve the server still starts, not ready, and the polling thread
+        makes it ready when one appears. Returns whether a model is served now."""
+        self.poll_once()
+        threading.Thread(target=self._poll, name="registry-poll", daemon=True).start()
+        return self.ready
 
-        def load(self) -> bool:
-            """Load the alias's version if there is one, and start polling the registry either way.
+    def start(self) -> None:
+        """Called by the ModelServer at start: readiness stays what loading made it (KServe's sets it True)."""
 
-            Never raises: without a version to serve the server still starts, not ready, and the polling thread
-            makes it ready when one appears. Returns whether a model is served now."""
+    @property
+    def _polling(self) -> str:
+        return f"polling every {self.poll_seconds:g} s"
+
+    def _swap(self, model: ServedModel) -> None:
+        self.served = model  # one reference assignment: requests already holding the old one finish on it
+        self.ready = True
+        self.metrics.set_model(model.name, model.version, self.alias, model.run_id)
+        log.warning(
+            "serving %s version %s (%s scoring, threshold %.4f)",
+            model.name,
+            model.version,
+            model.scoring,
+            model.threshold,
+        )
+
+    def _set_reachable(self, ok: bool, err: Exception | None = None) -> None:
+        self.metrics.registry_reachable.labels(self.metrics.server).set(1 if ok else 0)
+        if ok != self._reachable:
+            if ok and self._reachable is False:
+                log.warning("MLflow registry reachable again")
+            elif not ok and self.served is not None:
+                log.warning("MLflow registry unreachable: still serving version %s", self.served.version)
+            elif not ok:
+                why = str(err).splitlines()[0][:300] if err else ""
+                if not why.startswith("MLflow registry unreachable"):  # mlflow_client's own message names it
+                    why = f"MLflow registry unreachable at {redact_url(self.settings.tracking_uri)}: {why}"
+                log.warning("%s; no model yet: not ready; %s", why, self._polling)
+        self._reachable = ok
+
+    def _set_absent(self) -> None:
+        """The registry answered: no such alias (or model). Said once, until a version shows up."""
+        if not self._absent:
+            where = f"{self.registered_model}@{self.alias}"
+            if self.served is None:
+                log.warning("no %s yet: not ready; %s", where, self._polling)
+            else:
+                log.warning("no %s in the registry any more: still serving version %s", where, self.served.version)
+        self._absent = True
+
+    def poll_once(self) -> bool:
+        """Swap to the alias's version if it moved (or load the first); True when a new version is now served."""
+        try:
+            version = self._alias_version()
+        except Exception as err:  # noqa: BLE001 - any registry failure: keep serving what we have
+            log.debug("registry poll failed: %s", err)
+            if absent_in_registry(err):
+                self._set_reachable(True)
+                self._set_absent()
+            else:
+                self._set_reachable(False, err)
+            return False
+        self._set_reachable(True)
+        self._absent = False
+        if self.served is not None and str(version.version) in (self.served.version, self._broken):
+            return False  # with nothing served, a version that failed to load is tried again at each poll
+        try:
+            model = load_version(self.registered_model, version)
+        except Exception as err:  # noqa: BLE001 - a broken new version must not take the old one down
+            again, self._broken = self._broken == str(version.version), str(version.version)
+            if again:
+                log.debug("version %s still cannot be loaded: %s", version.version, err)
+                return False
+            self.metrics.reloads.labels(self.metrics.server, "failed").inc()
+            log.error(
+                "version %s of %s could not be loaded, %s: %s",
+                version.version,
+                self.registered_model,
+                f"still serving {self.served.version}" if self.served else f"not ready; {self._polling}",
+                err,
+            )
+            return False
+        self._swap(model)
+        self.metrics.reloads.labels(self.metrics.server, "swapped").inc()
+        return True
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
             self.poll_once()
-            threading.Thread(target=self._poll, name="registry-poll", daemon=True).start()
-            return self.ready
 
-        def start(self) -> None:
-            """Called by the ModelServer at start: readiness stays what loading made it (KServe's sets it True)."""
+    def stop(self) -> None:
+        self._stop.set()
 
-        @property
-        def _polling(self) -> str:
-            return f"polling every {self.poll_seconds:g} s"
+    # ------------------------------------------------------------ inference
 
-        def _swap(self, model: ServedModel) -> None:
-            self.served = model  # one reference assignment: requests already holding the old one finish on it
-            self.ready = True
-            self.metrics.set_model(model.name, model.version, self.alias, model.run_id)
-            log.warning(
-                "serving %s version %s (%s scoring, threshold %.4f)",
-                model.name,
-                model.version,
-                model.scoring,
-                model.threshold,
-            )
+    async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
+        return await counted_call(self.metrics, super().__call__, body, headers, verb)
 
-        def _set_reachable(self, ok: bool, err: Exception | None = None) -> None:
-            self.metrics.registry_reachable.labels(self.metrics.server).set(1 if ok else 0)
-            if ok != self._reachable:
-                if ok and self._reachable is False:
-                    log.warning("MLflow registry reachable again")
-                elif not ok and self.served is not None:
-                    log.warning("MLflow registry unreachable: still serving version %s", self.served.version)
-                elif not ok:
-                    why = str(err).splitlines()[0][:300] if err else ""
-                    if not why.startswith("MLflow registry unreachable"):  # mlflow_client's own message names it
-                        why = f"MLflow registry unreachable at {redact_url(self.settings.tracking_uri)}: {why}"
-                    log.warning("%s; no model yet: not ready; %s", why, self._polling)
-            self._reachable = ok
+    def predict(self, payload, headers=None, response_headers=None):
+        model = self.served  # taken once: a swap during this request does not change it
+        if model is None:
+            raise ModelNotReady(self.name)
+        if not isinstance(payload, InferRequest):
+            raise InvalidInput("the predictor speaks the v2 protocol: POST /v2/models/{name}/infer")
+        try:
+            tensors = feature_tensors((i.name, i.datatype, i.as_numpy(), i.parameters) for i in payload.inputs)
+            columns, _ = model.columns_from_tensors(tensors)
+        except FeatureError as err:
+            raise InvalidInput(str(err)) from None
+        except (ValueError, TypeError) as err:
+            raise InvalidInput(f"malformed input tensor: {err}") from None
+        proba = model.predict_proba(columns)
+        labels = model.labels(proba)
+        self.metrics.observe_predictions(proba.tolist(), labels)
+        binary = payload.use_binary_outputs
+        outputs = [
+            wire_tensor(InferOutput, "churn_probability", proba.astype(np.float32), "FP32", binary),
+            wire_tensor(InferOutput, "churn_label", labels, "INT64", binary),
+        ]
+        return InferResponse(
+            response_id=payload.id or uuid.uuid4().hex,
+            model_name=self.name,
+            infer_outputs=outputs,
+            model_version=model.version,
+            use_binary_outputs=binary,
+            parameters={
+                "model_version": model.version,
+                "registered_model": model.name,
+                "threshold": f"{model.threshold:.6f}",
+            },
+        )
 
-        def _set_absent(self) -> None:
-            """The registry answered: no such alias (or model). Said once, until a version shows up."""
-            if not self._absent:
-                where = f"{self.registered_model}@{self.alias}"
-                if self.served is None:
-                    log.warning("no %s yet: not ready; %s", where, self._polling)
-                else:
-                    log.warning("no %s in the registry any more: still serving version %s", where, self.served.version)
-            self._absent = True
+    def get_input_types(self):
+        return metadata_inputs(self.served.specs) if self.served else []
 
-        def poll_once(self) -> bool:
-            """Swap to the alias's version if it moved (or load the first); True when a new version is now served."""
-            from pipelines.train import absent_in_registry
-
-            try:
-                version = self._alias_version()
-            except Exception as err:  # noqa: BLE001 - any registry failure: keep serving what we have
-                log.debug("registry poll failed: %s", err)
-                if absent_in_registry(err):
-                    self._set_reachable(True)
-                    self._set_absent()
-                else:
-                    self._set_reachable(False, err)
-                return False
-            self._set_reachable(True)
-            self._absent = False
-            if self.served is not None and str(version.version) in (self.served.version, self._broken):
-                return False  # with nothing served, a version that failed to load is tried again at each poll
-            try:
-                model = load_version(self.registered_model, version)
-            except Exception as err:  # noqa: BLE001 - a broken new version must not take the old one down
-                again, self._broken = self._broken == str(version.version), str(version.version)
-                if again:
-                    log.debug("version %s still cannot be loaded: %s", version.version, err)
-                    return False
-                self.metrics.reloads.labels(self.metrics.server, "failed").inc()
-                log.error(
-                    "version %s of %s could not be loaded, %s: %s",
-                    version.version,
-                    self.registered_model,
-                    f"still serving {self.served.version}" if self.served else f"not ready; {self._polling}",
-                    err,
-                )
-                return False
-            self._swap(model)
-            self.metrics.reloads.labels(self.metrics.server, "swapped").inc()
-            return True
-
-        def _poll(self) -> None:
-            while not self._stop.wait(self.poll_seconds):
-                self.poll_once()
-
-        def stop(self) -> None:
-            self._stop.set()
-
-        # ------------------------------------------------------------ inference
-
-        async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
-            return await counted_call(self.metrics, super().__call__, body, headers, verb)
-
-        def predict(self, payload, headers=None, response_headers=None):
-            model = self.served  # taken once: a swap during this request does not change it
-            if model is None:
-                raise ModelNotReady(self.name)
-            if not isinstance(payload, InferRequest):
-                raise InvalidInput("the predictor speaks the v2 protocol: POST /v2/models/{name}/infer")
-            try:
-                tensors = feature_tensors((i.name, i.datatype, i.as_numpy(), i.parameters) for i in payload.inputs)
-                columns, _ = model.columns_from_tensors(tensors)
-            except FeatureError as err:
-                raise InvalidInput(str(err)) from None
-            except (ValueError, TypeError) as err:
-                raise InvalidInput(f"malformed input tensor: {err}") from None
-            proba = model.predict_proba(columns)
-            labels = model.labels(proba)
-            self.metrics.observe_predictions(proba.tolist(), labels)
-            binary = payload.use_binary_outputs
-            outputs = [
-                wire_tensor(InferOutput, "churn_probability", proba.astype(np.float32), "FP32", binary),
-                wire_tensor(InferOutput, "churn_label", labels, "INT64", binary),
-            ]
-            return InferResponse(
-                response_id=payload.id or uuid.uuid4().hex,
-                model_name=self.name,
-                infer_outputs=outputs,
-                model_version=model.version,
-                use_binary_outputs=binary,
-                parameters={
-                    "model_version": model.version,
-                    "registered_model": model.name,
-                    "threshold": f"{model.threshold:.6f}",
-                },
-            )
-
-        def get_input_types(self):
-            return metadata_inputs(self.served.specs) if self.served else []
-
-        def get_output_types(self):
-            return [
-                {"name": "churn_probability", "datatype": "FP32", "shape": [-1]},
-                {"name": "churn_label", "datatype": "INT64", "shape": [-1]},
-            ]
-
-    return ChurnPredictor
+    def get_output_types(self):
+        return [
+            {"name": "churn_probability", "datatype": "FP32", "shape": [-1]},
+            {"name": "churn_label", "datatype": "INT64", "shape": [-1]},
+        ]
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
     """The predictor's command line (what :func:`main` parses): KServe's arguments with StreamFlow's defaults plus
     the registry ones. Importable without starting anything, so a test can parse a manifest's exact args."""
-    from pipelines.train import MODEL_NAME
-
     parser = base_parser(
         "StreamFlow predictor (KServe v2)", settings, settings.predictor_http_port, settings.predictor_grpc_port
     )
@@ -274,9 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     threadpool_limits(limits=args.threads)
     logging.basicConfig(level=settings.log_level)
     metrics = ServerMetrics("predictor")
-    model = _kserve_model_class()(
-        args.model_name, settings, args.registered_model, args.alias, args.poll_seconds, metrics
-    )
+    model = ChurnPredictor(args.model_name, settings, args.registered_model, args.alias, args.poll_seconds, metrics)
     started = time.perf_counter()
     if model.load():  # no model yet: not ready, the registry polling loads one later (its log line says why)
         threadpool_limits(limits=args.threads)  # the model's own OpenMP runtime is loaded now

@@ -32,6 +32,10 @@ import uuid
 
 import numpy as np
 from fastapi import Request
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.model import InferenceVerb, append_forwardable_headers
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
 from model_server.churn_model import BLOCK_COLUMNS, wire_tensor
 from model_server.server import (
@@ -125,155 +129,153 @@ class HopError(RuntimeError):
     """The predictor refused a request or could not be reached."""
 
 
-def _classes():
-    from kserve import Model
-    from kserve.errors import InvalidInput
-    from kserve.model import InferenceVerb, append_forwardable_headers
-    from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+class MissingFeatures(InvalidInput):
+    """Users whose features are missing: answered 422 with ``missing_features`` per user id."""
 
-    class MissingFeatures(InvalidInput):
-        """Users whose features are missing: answered 422 with ``missing_features`` per user id."""
+    def __init__(self, missing: dict[str, list[str]]) -> None:
+        self.missing = missing
+        first = next(iter(missing))
+        super().__init__(
+            f"missing features for {len(missing)} user id(s), e.g. user_id={first}: {', '.join(missing[first])}; "
+            f"missing_features={json.dumps(missing, separators=(',', ':'))}"
+        )
 
-        def __init__(self, missing: dict[str, list[str]]) -> None:
-            self.missing = missing
-            first = next(iter(missing))
-            super().__init__(
-                f"missing features for {len(missing)} user id(s), e.g. user_id={first}: {', '.join(missing[first])}; "
-                f"missing_features={json.dumps(missing, separators=(',', ':'))}"
-            )
 
-    class BatchTooLarge(InvalidInput):
-        """More user ids than ``--max_batch_size``: answered 413."""
+class BatchTooLarge(InvalidInput):
+    """More user ids than ``--max_batch_size``: answered 413."""
 
-    class PredictorFailed(RuntimeError):
-        """The predictor did not answer or refused the features: answered 502."""
 
-    class FeastTransformer(Model):
-        def __init__(self, name: str, features, hop: PredictorHop | None, max_batch: int, metrics: ServerMetrics):
-            super().__init__(name)
-            self.features = features
-            self.texts = [n for n in features.names if n in features.text_features]
-            self.numbers = [n for n in features.names if n not in self.texts]
-            self.hop = hop  # None: KServe's gRPC client (--predictor_protocol grpc-v2)
-            self.max_batch = max_batch
-            self.metrics = metrics
-            self.ready = True
+class PredictorFailed(RuntimeError):
+    """The predictor did not answer or refused the features: answered 502."""
 
-        async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
-            return await counted_call(self.metrics, super().__call__, body, headers, verb)
 
-        # ------------------------------------------------------------ request → features
+class FeastTransformer(Model):
+    def __init__(self, name: str, features, hop: PredictorHop | None, max_batch: int, metrics: ServerMetrics):
+        super().__init__(name)
+        self.features = features
+        self.texts = [n for n in features.names if n in features.text_features]
+        self.numbers = [n for n in features.names if n not in self.texts]
+        self.hop = hop  # None: KServe's gRPC client (--predictor_protocol grpc-v2)
+        self.max_batch = max_batch
+        self.metrics = metrics
+        self.ready = True
 
-        def user_ids(self, payload) -> list[str]:
-            if not isinstance(payload, InferRequest):
-                raise InvalidInput('send a v2 request: {"inputs":[{"name":"user_id","datatype":"BYTES",...}]}')
-            names = [i.name for i in payload.inputs]
-            if names != [USER_ID]:
-                raise InvalidInput(f"inputs: expected exactly one input named 'user_id', got {names}")
-            tensor = payload.inputs[0]
-            if tensor.datatype != "BYTES":
-                raise InvalidInput(f"input 'user_id': datatype {tensor.datatype}; expected BYTES")
-            shape = list(tensor.shape)
-            if len(shape) != 1:
-                raise InvalidInput(f"input 'user_id': shape {shape}; expected [N]")
-            if shape[0] > self.max_batch:
-                raise BatchTooLarge(f"input 'user_id': {shape[0]} ids; at most {self.max_batch} per request")
-            try:
-                values = tensor.as_numpy()
-            except Exception as err:  # noqa: BLE001 - kserve raises several types for undecodable data
-                raise InvalidInput(f"input 'user_id': data does not match its shape/datatype ({err})") from None
-            values = values.reshape(-1) if values.ndim else values.reshape(1)
-            if len(values) != shape[0]:
-                raise InvalidInput(f"input 'user_id': shape {shape} but {len(values)} values")
-            if shape[0] == 0:
-                raise InvalidInput("input 'user_id': empty batch (give at least one user id)")
-            ids = []
-            for position, value in enumerate(values.tolist()):
-                if isinstance(value, bytes | bytearray):
-                    try:
-                        value = value.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise InvalidInput(f"input 'user_id': value at position {position} is not UTF-8") from None
-                if not isinstance(value, str) or not value.strip():
-                    raise InvalidInput(f"input 'user_id': value {value!r} at position {position} is not a user id")
-                ids.append(value)
-            return ids
+    async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
+        return await counted_call(self.metrics, super().__call__, body, headers, verb)
 
-        def lookup(self, ids: list[str]):
-            result = self.features.lookup(ids)
-            if result.missing:
-                for gaps in result.missing.values():
-                    for name in gaps:
-                        self.metrics.missing_features.labels(self.metrics.server, name).inc()
-                raise MissingFeatures(result.missing)
-            return result
+    # ------------------------------------------------------------ request → features
 
-        def preprocess(self, payload, headers=None):
-            ids = self.user_ids(payload)
-            result = self.lookup(ids)
-            _REQUEST_IDS.set(ids)
-            # two blocks instead of 14 tensors (model_server.churn_model: each tensor costs both servers)
-            numbers = np.array([result.columns[n] for n in self.numbers], dtype=np.float64).T  # None → NaN
-            texts = np.array([["" if v is None else v for v in result.columns[n]] for n in self.texts], dtype=object).T
-            inputs = [  # raw contents for KServe's gRPC client (hop None), JSON for the REST hop
-                wire_tensor(InferInput, f"{datatype.lower()}_features", block, datatype, self.hop is None,
-                            {BLOCK_COLUMNS: ",".join(names)})
-                for block, names, datatype in ((numbers, self.numbers, "FP64"), (texts, self.texts, "BYTES"))
-                if names
-            ]  # fmt: skip
-            return InferRequest(self.name, inputs, request_id=payload.id)
-
-        async def predict(self, payload, headers=None, response_headers=None):
-            try:
-                if self.hop is not None:
-                    return await self.hop.infer(payload, append_forwardable_headers(headers))
-                return await super().predict(payload, headers)
-            except Exception as err:  # noqa: BLE001 - the client gets a 502 naming the predictor's answer
-                detail = getattr(err, "details", None)
-                message = detail() if callable(detail) else str(err)
-                raise PredictorFailed(f"predictor {self.predictor_config.predictor_host}: {message}") from None
-
-        def stop(self):
-            super().stop()
-            if self.hop is not None:  # KServe unloads models from its signal handler, on the server's loop
+    def user_ids(self, payload) -> list[str]:
+        if not isinstance(payload, InferRequest):
+            raise InvalidInput('send a v2 request: {"inputs":[{"name":"user_id","datatype":"BYTES",...}]}')
+        names = [i.name for i in payload.inputs]
+        if names != [USER_ID]:
+            raise InvalidInput(f"inputs: expected exactly one input named 'user_id', got {names}")
+        tensor = payload.inputs[0]
+        if tensor.datatype != "BYTES":
+            raise InvalidInput(f"input 'user_id': datatype {tensor.datatype}; expected BYTES")
+        shape = list(tensor.shape)
+        if len(shape) != 1:
+            raise InvalidInput(f"input 'user_id': shape {shape}; expected [N]")
+        if shape[0] > self.max_batch:
+            raise BatchTooLarge(f"input 'user_id': {shape[0]} ids; at most {self.max_batch} per request")
+        try:
+            values = tensor.as_numpy()
+        except Exception as err:  # noqa: BLE001 - kserve raises several types for undecodable data
+            raise InvalidInput(f"input 'user_id': data does not match its shape/datatype ({err})") from None
+        values = values.reshape(-1) if values.ndim else values.reshape(1)
+        if len(values) != shape[0]:
+            raise InvalidInput(f"input 'user_id': shape {shape} but {len(values)} values")
+        if shape[0] == 0:
+            raise InvalidInput("input 'user_id': empty batch (give at least one user id)")
+        ids = []
+        for position, value in enumerate(values.tolist()):
+            if isinstance(value, bytes | bytearray):
                 try:
-                    asyncio.get_running_loop().create_task(self.hop.close())
-                except RuntimeError:  # no loop running: the session dies with the process
-                    pass
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InvalidInput(f"input 'user_id': value at position {position} is not UTF-8") from None
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidInput(f"input 'user_id': value {value!r} at position {position} is not a user id")
+            ids.append(value)
+        return ids
 
-        def postprocess(self, result, headers=None, response_headers=None):
-            ids = _REQUEST_IDS.get()
-            proba = result.get_output_by_name("churn_probability")
-            labels = result.get_output_by_name("churn_label")
-            if proba is None or labels is None:
-                raise PredictorFailed("predictor answered without churn_probability/churn_label")
-            proba = proba.as_numpy().astype(np.float32).reshape(-1)
-            labels = labels.as_numpy().astype(np.int64).reshape(-1)
-            version = result.model_version or (result.parameters or {}).get("model_version")
-            outputs = [
-                InferOutput(USER_ID, [len(ids)], "BYTES", data=ids),
-                InferOutput("churn_probability", [len(ids)], "FP32", data=proba.tolist()),
-                InferOutput("churn_label", [len(ids)], "INT64", data=labels.tolist()),
-            ]
-            return InferResponse(
-                response_id=result.id or uuid.uuid4().hex,
-                model_name=self.name,
-                infer_outputs=outputs,
-                model_version=version,
-                parameters={"model_version": str(version)},
-            )
+    def lookup(self, ids: list[str]):
+        result = self.features.lookup(ids)
+        if result.missing:
+            for gaps in result.missing.values():
+                for name in gaps:
+                    self.metrics.missing_features.labels(self.metrics.server, name).inc()
+            raise MissingFeatures(result.missing)
+        return result
 
-        def get_input_types(self):
-            return [{"name": USER_ID, "datatype": "BYTES", "shape": [-1]}]
+    def preprocess(self, payload, headers=None):
+        ids = self.user_ids(payload)
+        result = self.lookup(ids)
+        _REQUEST_IDS.set(ids)
+        # two blocks instead of 14 tensors (model_server.churn_model: each tensor costs both servers)
+        numbers = np.array([result.columns[n] for n in self.numbers], dtype=np.float64).T  # None → NaN
+        texts = np.array([["" if v is None else v for v in result.columns[n]] for n in self.texts], dtype=object).T
+        inputs = [  # raw contents for KServe's gRPC client (hop None), JSON for the REST hop
+            wire_tensor(InferInput, f"{datatype.lower()}_features", block, datatype, self.hop is None,
+                        {BLOCK_COLUMNS: ",".join(names)})
+            for block, names, datatype in ((numbers, self.numbers, "FP64"), (texts, self.texts, "BYTES"))
+            if names
+        ]  # fmt: skip
+        return InferRequest(self.name, inputs, request_id=payload.id)
 
-        def get_output_types(self):
-            return [
-                {"name": USER_ID, "datatype": "BYTES", "shape": [-1]},
-                {"name": "churn_probability", "datatype": "FP32", "shape": [-1]},
-                {"name": "churn_label", "datatype": "INT64", "shape": [-1]},
-            ]
+    async def predict(self, payload, headers=None, response_headers=None):
+        try:
+            if self.hop is not None:
+                return await self.hop.infer(payload, append_forwardable_headers(headers))
+            return await super().predict(payload, headers)
+        except Exception as err:  # noqa: BLE001 - the client gets a 502 naming the predictor's answer
+            detail = getattr(err, "details", None)
+            message = detail() if callable(detail) else str(err)
+            raise PredictorFailed(f"predictor {self.predictor_config.predictor_host}: {message}") from None
 
-    return FeastTransformer, MissingFeatures, BatchTooLarge, PredictorFailed
+    def stop(self):
+        super().stop()
+        if self.hop is not None:  # KServe unloads models from its signal handler, on the server's loop
+            try:
+                asyncio.get_running_loop().create_task(self.hop.close())
+            except RuntimeError:  # no loop running: the session dies with the process
+                pass
+
+    def postprocess(self, result, headers=None, response_headers=None):
+        ids = _REQUEST_IDS.get()
+        proba = result.get_output_by_name("churn_probability")
+        labels = result.get_output_by_name("churn_label")
+        if proba is None or labels is None:
+            raise PredictorFailed("predictor answered without churn_probability/churn_label")
+        proba = proba.as_numpy().astype(np.float32).reshape(-1)
+        labels = labels.as_numpy().astype(np.int64).reshape(-1)
+        version = result.model_version or (result.parameters or {}).get("model_version")
+        outputs = [
+            InferOutput(USER_ID, [len(ids)], "BYTES", data=ids),
+            InferOutput("churn_probability", [len(ids)], "FP32", data=proba.tolist()),
+            InferOutput("churn_label", [len(ids)], "INT64", data=labels.tolist()),
+        ]
+        return InferResponse(
+            response_id=result.id or uuid.uuid4().hex,
+            model_name=self.name,
+            infer_outputs=outputs,
+            model_version=version,
+            parameters={"model_version": str(version)},
+        )
+
+    def get_input_types(self):
+        return [{"name": USER_ID, "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self):
+        return [
+            {"name": USER_ID, "datatype": "BYTES", "shape": [-1]},
+            {"name": "churn_probability", "datatype": "FP32", "shape": [-1]},
+            {"name": "churn_label", "datatype": "INT64", "shape": [-1]},
+        ]
+
+
+ERRORS = (MissingFeatures, BatchTooLarge, PredictorFailed)
 
 
 def course_routes(app, model, errors) -> None:
@@ -370,14 +372,14 @@ def main(argv: list[str] | None = None) -> None:
 
     from kserve.predictor_config import PredictorConfig
 
-    from pipelines.features import OnlineFeatures
+    from pipelines.online import OnlineFeatures
 
     try:
         features = OnlineFeatures(settings)
     except Exception as err:  # noqa: BLE001 - one clear line: nothing can be served without the feature store
         raise SystemExit(f"transformer: cannot open the feature store: {str(err).splitlines()[0][:300]}") from None
     metrics = ServerMetrics("transformer")
-    transformer_cls, *errors = _classes()
+    errors = ERRORS
     config = PredictorConfig(
         predictor_host=args.predictor_host,
         predictor_protocol=args.predictor_protocol,
@@ -394,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
             args.predictor_request_timeout_seconds,
             args.predictor_request_retries,
         )
-    model = transformer_cls(args.model_name, features, hop, args.max_batch_size, metrics)
+    model = FeastTransformer(args.model_name, features, hop, args.max_batch_size, metrics)
     # ~64 bytes of JSON per id is generous (ids are ~10 characters); past it the body is refused before parsing
     max_body = 64 * args.max_batch_size + 4096
 

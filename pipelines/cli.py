@@ -721,7 +721,7 @@ def _require_served_model(settings: Settings) -> None:
     """Locally nothing will promote a model while `serve` waits: a predictor started without one (live, not ready,
     as a fresh cluster's) would only keep `serve` waiting, so say what is missing at once."""
     from pipelines.errors import NotFound
-    from pipelines.train import MODEL_NAME, mlflow_client, version_by_alias
+    from pipelines.registry import MODEL_NAME, mlflow_client, version_by_alias
 
     if version_by_alias(mlflow_client(settings), settings.model_alias) is None:
         raise NotFound(

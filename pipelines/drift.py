@@ -322,8 +322,9 @@ def run_drift(
     """
     import mlflow
 
-    from pipelines.features import feature_names, open_store
-    from pipelines.train import MODEL_NAME, PRODUCTION, categorical_features, mlflow_client, version_by_alias
+    from pipelines.online import feature_names, open_store
+    from pipelines.registry import MODEL_NAME, PRODUCTION, mlflow_client, version_by_alias
+    from pipelines.train import categorical_features
 
     started = time.perf_counter()
     client = mlflow_client(settings)
@@ -455,7 +456,7 @@ def _log_run(settings: Settings, client, result: DriftResult, key: str) -> str:
     """One MLflow run per comparison; the same comparison again finds its run and logs nothing new."""
     import mlflow
 
-    from pipelines.train import experiment_id
+    from pipelines.registry import experiment_id
 
     experiment = experiment_id(client, settings, DRIFT_EXPERIMENT)
     found = client.search_runs([experiment], filter_string=f"tags.`streamflow.drift_key` = '{key}'", max_results=1)

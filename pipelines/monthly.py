@@ -47,7 +47,7 @@ class RetrainResult:
 
 def _same_training(client, as_of: date, kind: str, seed: int, data_hash: str):
     """The newest version trained on exactly this training set with this kind and seed, or None."""
-    from pipelines.train import MODEL_NAME
+    from pipelines.registry import MODEL_NAME
 
     wanted = {"as_of": as_of.isoformat(), "model_kind": kind, "seed": str(seed), "training_set_sha256": data_hash}
     found = [
@@ -76,16 +76,10 @@ def retrain(
         InvalidInput: a training set no model should be fitted on.
         StreamflowError: MLflow unreachable.
     """
-    from pipelines.features import build_dataset, open_store
-    from pipelines.train import (
-        CHALLENGER,
-        PRODUCTION,
-        PromoteResult,
-        mlflow_client,
-        promote,
-        train,
-        version_by_alias,
-    )
+    from pipelines.features import build_dataset
+    from pipelines.online import open_store
+    from pipelines.registry import CHALLENGER, PRODUCTION, mlflow_client, version_by_alias
+    from pipelines.train import PromoteResult, promote, train
 
     kind = kind or settings.model_kind
     seed = settings.seed if seed is None else seed
@@ -140,7 +134,7 @@ def judged_version(client, production, as_of: date):
     the month was processed before — retrained, or later months came after it — and the model that faced it is the
     newest version promoted by the gate among those trained before it.
     """
-    from pipelines.train import MODEL_NAME
+    from pipelines.registry import MODEL_NAME
 
     month = as_of.isoformat()
     if production.tags.get("as_of", "") < month:
@@ -181,10 +175,11 @@ def _run_month(
     settings: Settings, db: Database, month_dir: Path, as_of: date, *, store, log: Callable[[str], None]
 ) -> MonthlyResult:
     from pipelines.drift import RETRAIN, run_drift
-    from pipelines.features import apply_repo, build_dataset, feature_service, materialize, open_store
+    from pipelines.features import apply_repo, build_dataset, materialize
     from pipelines.ingest import ingest_month
+    from pipelines.online import feature_service, open_store
+    from pipelines.registry import PRODUCTION, mlflow_client, version_by_alias
     from pipelines.snapshot import take_snapshot
-    from pipelines.train import PRODUCTION, mlflow_client, version_by_alias
 
     steps: dict[str, Any] = {}
     ingested = ingest_month(db, settings, month_dir, as_of)

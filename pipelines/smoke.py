@@ -67,7 +67,7 @@ def registry_versions(settings: Settings, aliases: list[str]) -> dict[str, str]:
         SmokeFailed: MLflow unreachable, or an alias (or the registered model) does not exist yet.
     """
     from pipelines.db import redact_url
-    from pipelines.train import MODEL_NAME, absent_in_registry, mlflow_client
+    from pipelines.registry import MODEL_NAME, absent_in_registry, mlflow_client
 
     uri = redact_url(settings.tracking_uri)
     try:
@@ -129,9 +129,7 @@ def post(url: str, body: dict[str, Any], timeout: float) -> tuple[int, Any]:
         return status, text
 
 
-def check_answer(
-    body: Any, user_ids: list[str], versions: dict[str, str] | None
-) -> tuple[str, list[float], list[int]]:
+def check_answer(body: Any, user_ids: list[str], versions: dict[str, str] | None) -> tuple[str, list[float], list[int]]:
     """The answer's model version, probabilities and labels, once each is what it must be (``make e2e`` checks the
     graph's answers with it too).
 

@@ -29,16 +29,22 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import Settings
-from pipelines.db import Database, redact_url
-from pipelines.errors import InvalidInput, NotFound, StreamflowError
+from pipelines.db import Database
+from pipelines.errors import InvalidInput, NotFound
+from pipelines.registry import (
+    CHALLENGER,
+    MODEL_NAME,
+    PREVIOUS,
+    PRODUCTION,
+    experiment_id,
+    mlflow_client,
+    version_by_alias,
+)
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "streamflow_churn"
-EXPERIMENT = "streamflow_churn"
 LABEL = "churn_label"
 MODEL_KINDS = ("hgb", "rf", "logreg")
-PRODUCTION, CHALLENGER, PREVIOUS = "production", "challenger", "previous"
 # MLflow saves scikit-learn models with skops, which refuses types it cannot vouch for. These are the types our own
 # pipelines hold (checked with skops.io.get_untrusted_types); we fitted the models ourselves, in this process.
 SKOPS_TRUSTED = {
@@ -175,39 +181,6 @@ def check_training_set(frame: pd.DataFrame, features: list[str], as_of: date) ->
 # ------------------------------------------------------------------------------------------------ MLflow
 
 
-def mlflow_client(settings: Settings):
-    """Point MLflow at the settings' tracking/registry store and check that it answers.
-
-    Raises:
-        StreamflowError: the tracking server or database does not answer (nothing was registered).
-    """
-    import mlflow
-    from mlflow import MlflowClient
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    uri = settings.tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        client.search_registered_models(max_results=1)
-    except Exception as err:  # noqa: BLE001 - any failure here means "unreachable" to the user
-        raise StreamflowError(
-            f"MLflow registry unreachable at {redact_url(uri)}: {str(err).splitlines()[0][:200]}"
-        ) from None
-    return client
-
-
-def experiment_id(client, settings: Settings, name: str = EXPERIMENT) -> str:
-    """The id of an MLflow experiment, created on first use (local artifacts under STREAMFLOW_HOME)."""
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = None if settings.tracking_uri.startswith("http") else settings.artifacts_dir.resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
-
-
 def _git_commit() -> str:
     if env := os.environ.get("STREAMFLOW_GIT_COMMIT"):
         return env
@@ -327,7 +300,8 @@ def train(
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipelines.features import build_dataset, content_hash, feature_names, open_store
+    from pipelines.features import build_dataset, content_hash
+    from pipelines.online import feature_names, open_store
 
     kind = kind or settings.model_kind
     seed = settings.seed if seed is None else seed
@@ -460,25 +434,10 @@ class PromoteResult:
         )
 
 
-def absent_in_registry(err: BaseException) -> bool:
-    """True when MLflow answered that the registered model or the alias does not exist: the registry is reachable,
-    there is just nothing there yet. A transport failure (refused, timed out, a 5xx) is not this."""
-    return getattr(err, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-
-
-def version_by_alias(client, alias: str):
-    """The version of ``streamflow_churn`` holding ``alias``, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(MODEL_NAME, alias)
-    except MlflowException:
-        return None
-
-
 def _held_out(settings: Settings, db: Database, version, store) -> tuple[pd.DataFrame, list[str], str]:
     """The validation split of the challenger's as_of, re-created from its seed."""
-    from pipelines.features import build_dataset, feature_names
+    from pipelines.features import build_dataset
+    from pipelines.online import feature_names
 
     as_of = date.fromisoformat(version.tags["as_of"])
     dataset = build_dataset(settings, db, as_of, store=store)
@@ -503,7 +462,7 @@ def promote(settings: Settings, db: Database, *, rollback: bool = False, store=N
         NotFound: no challenger to judge, or nothing to roll back to.
         StreamflowError: MLflow unreachable.
     """
-    from pipelines.features import open_store
+    from pipelines.online import open_store
 
     client = mlflow_client(settings)
     margin = settings.promotion_min_auc_gain

@@ -655,7 +655,7 @@ def registry_version(tracking_uri: str) -> str:
     import mlflow  # heavy: loaded only when a run gets this far
     from mlflow.exceptions import MlflowException
 
-    from pipelines.train import MODEL_NAME
+    from pipelines.registry import MODEL_NAME
 
     try:
         version = mlflow.MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(

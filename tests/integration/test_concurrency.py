@@ -72,7 +72,7 @@ def assert_one_message(proc: subprocess.CompletedProcess, code: int) -> dict:
 def registered_versions(settings: Settings) -> list:
     from mlflow import MlflowClient
 
-    from pipelines.train import MODEL_NAME
+    from pipelines.registry import MODEL_NAME
 
     uri = settings.tracking_uri
     return MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(f"name = '{MODEL_NAME}'")

@@ -28,12 +28,14 @@ from pipelines.config import Settings
 from pipelines.db import connect
 from pipelines.drift import DRIFT_EXPERIMENT, NO_ACTION, PREDICTION, RETRAIN, compare, export_metrics, run_drift
 from pipelines.errors import InvalidInput, NotFound
-from pipelines.features import apply_repo, build_dataset, feature_names, open_store
+from pipelines.features import apply_repo, build_dataset
 from pipelines.generate import generate, parse_drift
 from pipelines.ingest import ingest_month
 from pipelines.monthly import retrain, run_monthly
+from pipelines.online import feature_names, open_store
+from pipelines.registry import MODEL_NAME
 from pipelines.snapshot import take_snapshot
-from pipelines.train import MODEL_NAME, categorical_features, promote, train
+from pipelines.train import categorical_features, promote, train
 from tests.conftest import free_port, stop_group, wait_http
 
 pytestmark = pytest.mark.integration

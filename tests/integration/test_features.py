@@ -13,8 +13,9 @@ import pytest
 from pipelines.config import Settings
 from pipelines.db import Database, connect
 from pipelines.errors import InvalidInput, NotFound
-from pipelines.features import OnlineFeatures, apply_repo, build_dataset, materialize, open_store
+from pipelines.features import apply_repo, build_dataset, materialize
 from pipelines.ingest import ingest_month
+from pipelines.online import OnlineFeatures, open_store
 from pipelines.snapshot import take_snapshot
 from pipelines.tables import SNAPSHOTS
 from tests.integration.test_ingest import FEB, JAN

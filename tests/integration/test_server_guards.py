@@ -57,7 +57,7 @@ def register_model(home: str) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from pipelines.config import Settings
-    from pipelines.train import MODEL_NAME, PRODUCTION, experiment_id, mlflow_client
+    from pipelines.registry import MODEL_NAME, PRODUCTION, experiment_id, mlflow_client
 
     settings = Settings(home=Path(home), db_url=None, mlflow_tracking_uri=None)
     client = mlflow_client(settings)

@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 
 from pipelines.config import Settings
-from pipelines.train import MODEL_NAME
+from pipelines.registry import MODEL_NAME
 from tests.conftest import free_port, start_mlflow_server, stop_group, wait_http
 from tests.integration.test_ingest import FEB, JAN
 
@@ -60,9 +60,10 @@ def _server(module: str, env: dict, log: Path, *args: str) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     from pipelines.db import connect
-    from pipelines.features import apply_repo, build_dataset, materialize, open_store
+    from pipelines.features import apply_repo, build_dataset, materialize
     from pipelines.generate import generate
     from pipelines.ingest import ingest_month
+    from pipelines.online import open_store
     from pipelines.snapshot import take_snapshot
     from pipelines.train import promote, train
 

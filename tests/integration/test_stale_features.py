@@ -23,8 +23,9 @@ import pytest
 
 from pipelines.config import Settings
 from pipelines.db import Database, connect
-from pipelines.features import OnlineFeatures, apply_repo, as_of_timestamp, materialize
+from pipelines.features import apply_repo, as_of_timestamp, materialize
 from pipelines.ingest import ingest_month
+from pipelines.online import OnlineFeatures
 from pipelines.snapshot import take_snapshot
 from pipelines.tables import SNAPSHOTS
 from tests.conftest import free_port, stop_group, wait_http

@@ -18,8 +18,10 @@ from mlflow import MlflowClient
 
 from pipelines.config import Settings
 from pipelines.errors import InvalidInput, NotFound, StreamflowError
-from pipelines.features import build_dataset, open_store
-from pipelines.train import MODEL_NAME, promote, train
+from pipelines.features import build_dataset
+from pipelines.online import open_store
+from pipelines.registry import MODEL_NAME
+from pipelines.train import promote, train
 from tests.conftest import free_port, start_mlflow_server, stop_group
 from tests.integration.test_ingest import FEB, JAN
 
