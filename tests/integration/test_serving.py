@@ -8,6 +8,7 @@ stops the MLflow server on purpose: keep it last.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
@@ -59,6 +61,13 @@ def _server(module: str, env: dict, log: Path, *args: str) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
+    with running_stack(tmp_path_factory.mktemp("serving")) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running_stack(tmp: Path) -> Iterator[Stack]:
+    """The module's stack, built under ``tmp`` (another test module starts its own the same way)."""
     from pipelines.db import connect
     from pipelines.features import apply_repo, build_dataset, materialize
     from pipelines.generate import generate
@@ -67,7 +76,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     from pipelines.snapshot import take_snapshot
     from pipelines.train import promote, train
 
-    tmp = tmp_path_factory.mktemp("serving")
     generate(tmp / "months", users=1200, months=2, seed=11)
     url, mlflow_proc = start_mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", tmp / "artifacts")
     settings = Settings(home=tmp / "home", db_url=None, mlflow_tracking_uri=url)
@@ -318,7 +326,7 @@ def test_mixed_batch_is_refused_whole_naming_only_the_unknown(stack: Stack) -> N
         (v2([], shape=[0]), "empty batch"),
         (v2([""]), "is not a user id"),
         ({"inputs": [{"name": "uid", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}, "named 'user_id'"),
-        ({"instances": ["x"]}, ""),
+        ({"instances": ["x"]}, "malformed request at inputs: Field required"),  # a v1 body on the v2 route
     ],
     ids=["malformed-json", "wrong-datatype", "wrong-shape", "empty", "blank-id", "wrong-name", "not-v2"],
 )
@@ -550,24 +558,76 @@ def test_course_routes_on_the_same_path(stack: Stack) -> None:
 # ------------------------------------------------------------------------------------------------ metrics
 
 
+def grpc_features(address: str, inputs: list[dict]):
+    """The predictor's feature tensors (``feature_inputs``' JSON form) sent over gRPC as typed contents."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    def tensor(t: dict):
+        if t["datatype"] == "BYTES":
+            contents = pb.InferTensorContents(bytes_contents=[str(v).encode() for v in t["data"]])
+        else:
+            contents = pb.InferTensorContents(fp64_contents=[float(v) for v in t["data"]])
+        return pb.ModelInferRequest.InferInputTensor(
+            name=t["name"], datatype=t["datatype"], shape=t["shape"], contents=contents
+        )
+
+    with grpc.insecure_channel(address) as channel:
+        return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            pb.ModelInferRequest(model_name=MODEL, inputs=[tensor(t) for t in inputs]), timeout=60
+        )
+
+
 def test_metrics_count_requests_labels_missing_features_and_model(stack: Stack) -> None:
-    before = metric(stack.transformer, "streamflow_requests_total", server="transformer", protocol="rest",
-                    status="200") or 0  # fmt: skip
-    assert infer(stack, list(stack.feb.index[:5]))[0] == 200
+    """Every figure is a difference over this test's own requests: it holds run alone or after any other test."""
+    t, p = stack.transformer, stack.predictor
+    _, labels = expected(stack, list(stack.feb.index))
+    churners = [u for u, label in zip(stack.feb.index, labels, strict=True) if label == 1]
+    stayers = [u for u, label in zip(stack.feb.index, labels, strict=True) if label == 0]
+    rest_ids, grpc_ids = churners[:3] + stayers[:2], [churners[3], stayers[2]]
+    first_label = int(labels[0])  # the predictor's own gRPC request scores the first user (feature_inputs)
+    probes = {
+        "t_rest_200": (t, "streamflow_requests_total", {"server": "transformer", "protocol": "rest", "status": "200"}),
+        "t_rest_422": (t, "streamflow_requests_total", {"server": "transformer", "protocol": "rest", "status": "422"}),
+        "t_grpc_ok": (t, "streamflow_requests_total", {"server": "transformer", "protocol": "grpc", "status": "OK"}),
+        "t_rest_seconds": (t, "streamflow_request_duration_seconds_count", {"server": "transformer",
+                                                                            "protocol": "rest"}),
+        "t_grpc_seconds": (t, "streamflow_request_duration_seconds_count", {"server": "transformer",
+                                                                            "protocol": "grpc"}),
+        "missing": (t, "streamflow_missing_features_total", {"server": "transformer", "feature": "months_active"}),
+        "p_rest_200": (p, "streamflow_requests_total", {"server": "predictor", "protocol": "rest", "status": "200"}),
+        "p_grpc_ok": (p, "streamflow_requests_total", {"server": "predictor", "protocol": "grpc", "status": "OK"}),
+        "churn": (p, "streamflow_predictions_total", {"server": "predictor", "label": "1"}),
+        "stay": (p, "streamflow_predictions_total", {"server": "predictor", "label": "0"}),
+        "probabilities": (p, "streamflow_churn_probability_count", {"server": "predictor"}),
+    }  # fmt: skip
+
+    def figures() -> dict[str, float]:
+        return {k: metric(base, name, **labels) or 0.0 for k, (base, name, labels) in probes.items()}
+
+    before = figures()
+    assert infer(stack, rest_ids)[0] == 200
     assert infer(stack, ["0000-NOONE"])[0] == 422
-    after = metric(stack.transformer, "streamflow_requests_total", server="transformer", protocol="rest",
-                   status="200")  # fmt: skip
-    assert after == before + 1
-    assert metric(stack.transformer, "streamflow_requests_total", server="transformer", status="422") >= 1
-    assert metric(stack.transformer, "streamflow_missing_features_total", feature="months_active") >= 1
-    assert metric(stack.transformer, "streamflow_request_duration_seconds_count", server="transformer") >= 2
+    grpc_infer(stack.transformer_grpc, grpc_ids)  # the transformer hops to the predictor over REST
+    grpc_features(stack.predictor_grpc, feature_inputs(stack))
+    after = figures()
+    assert {k: after[k] - before[k] for k in probes} == {
+        "t_rest_200": 1,
+        "t_rest_422": 1,
+        "t_grpc_ok": 1,
+        "t_rest_seconds": 2,
+        "t_grpc_seconds": 1,
+        "missing": 1,  # an unknown user counts every feature once
+        "p_rest_200": 2,  # the transformer's two hops
+        "p_grpc_ok": 1,
+        "churn": 3 + 1 + first_label,
+        "stay": 2 + 1 + (1 - first_label),
+        "probabilities": len(rest_ids) + len(grpc_ids) + 1,
+    }
     version = production_version(stack)
-    assert metric(stack.predictor, "streamflow_model_info", version=version, alias="production") == 1
-    assert metric(stack.predictor, "streamflow_registry_reachable", server="predictor") == 1
-    assert metric(stack.predictor, "streamflow_predictions_total", label="1") >= 1
-    assert metric(stack.predictor, "streamflow_churn_probability_count") >= 5
-    assert metric(stack.predictor, "streamflow_requests_total", server="predictor", protocol="grpc", status="OK") >= 1
-    _, text = get(f"{stack.predictor}/metrics")
+    assert metric(p, "streamflow_model_info", version=version, alias="production") == 1
+    assert metric(p, "streamflow_registry_reachable", server="predictor") == 1
+    _, text = get(f"{p}/metrics")
     assert "request_predict_seconds" in text  # KServe's own histograms are there too
 
 
