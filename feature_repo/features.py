@@ -17,6 +17,8 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueT
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 from feast.types import Bool, Float64, Int64, String
 
+from pipelines.config import is_postgres_url
+
 # A snapshot row describes its own as_of only: with a one-day TTL an entity row dated at as_of D joins D's
 # snapshot and never an older one, so a user missing from D's snapshot gets missing features instead of
 # last month's values.
@@ -26,7 +28,9 @@ SNAPSHOT_TTL = timedelta(days=1)
 # without internet service. Serving reads this tag to tell the two apart.
 NULL_WHEN_NO_INTERNET = {"null_allowed_when": "net_service=No"}
 
-_POSTGRES = os.environ.get("STREAMFLOW_DB_URL", "").startswith(("postgresql://", "postgres://"))
+# Which backend is StreamFlow's one decision (pipelines.config.is_postgres_url), asked of the same variable the
+# settings read; `streamflow` exports it (pipelines.online.feast_env) before Feast imports this file.
+_POSTGRES = is_postgres_url(os.environ.get("STREAMFLOW_DB_URL"))
 _SNAPSHOTS = Path(os.environ.get("STREAMFLOW_HOME", ".streamflow")).resolve() / "snapshots"
 
 

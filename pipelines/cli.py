@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import io
 import json
 import logging
 import os
 import sys
 import traceback
-import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, redirect_stdout
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -64,6 +65,7 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 DEBUG_KEY = "streamflow.debug"  # in the click context's meta: the global --debug
+VERBOSE_KEY = "streamflow.verbose"  # the global --verbose
 
 
 def command(fn: Callable[..., dict[str, Any]] | None = None, *, changes_state: bool = False) -> Callable[..., Any]:
@@ -84,8 +86,9 @@ def command(fn: Callable[..., dict[str, Any]] | None = None, *, changes_state: b
         wait = kwargs.pop("wait", None)
         ctx = kwargs["ctx"]
         try:
-            # libraries (Feast, MLflow) print progress on stdout; stdout holds our summary or the one JSON object
-            with redirect_stdout(sys.stderr):
+            # stdout holds our summary or the one JSON object, stderr our progress bars and failures: what
+            # libraries print (Feast's materialize lines, MLflow's "Registered model …", warnings) goes to the log
+            with _library_output(ctx):
                 with _state_lock(ctx, wait) if changes_state else nullcontext():
                     payload = body(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own exits and usage errors
@@ -109,6 +112,89 @@ def command(fn: Callable[..., dict[str, Any]] | None = None, *, changes_state: b
                                  annotation=float | None)  # fmt: skip
         wrapper.__signature__ = sig.replace(parameters=[*params[:-1], wait, params[-1]])  # type: ignore[attr-defined]
     return wrapper
+
+
+LOG_FILE = Path("logs") / "streamflow.log"  # under STREAMFLOW_HOME
+
+
+class _LibrarySink(io.TextIOBase):
+    """Where library output goes while a command runs: ``STREAMFLOW_HOME/logs/streamflow.log``, opened on the first
+    write (a command whose libraries say nothing creates nothing), and with ``--verbose`` the terminal too. If the
+    log file cannot be opened (a read-only STREAMFLOW_HOME), the terminal gets it, as it would without a log."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, path: Path, terminal: Any, verbose: bool, title: str) -> None:
+        self.path, self.terminal, self.verbose, self.title = path, terminal, verbose, title
+        self._file: Any = None
+        self._unavailable = False
+
+    def _open(self) -> Any:
+        if self._file is None and not self._unavailable:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+                stamp = datetime.now(UTC).isoformat(timespec="seconds")
+                self._file.write(f"--- {stamp} pid {os.getpid()}: {self.title}\n")
+            except OSError:
+                self._unavailable = True
+        return self._file
+
+    def write(self, text: str) -> int:
+        log = self._open()
+        if log is not None:
+            log.write(text)
+        if self.verbose or log is None:
+            self.terminal.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+        self.terminal.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        log = self._open()
+        return log.fileno() if log is not None else self.terminal.fileno()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@contextmanager
+def _library_output(ctx: typer.Context) -> Iterator[None]:
+    """Route what libraries print (stdout and stderr, warnings, third-party logging) to the log file while a
+    command body runs; our console keeps the terminal's stderr meanwhile."""
+    terminal = sys.stderr
+    title = " ".join(["streamflow", *sys.argv[1:]])
+    sink = _LibrarySink(_settings(ctx).home / LOG_FILE, terminal, bool(ctx.meta.get(VERBOSE_KEY)), title)
+    before = _err._file  # None: follow sys.stderr (rich's default), restored after the command
+    _err.file = terminal
+    try:
+        with redirect_stdout(sink), redirect_stderr(sink):
+            yield
+    finally:
+        _err.file = before
+        sink.close()
+
+
+class _OutputHandler(logging.Handler):
+    """Logging of the CLI: StreamFlow's own loggers on the terminal's stderr, every other library's on the current
+    ``sys.stderr`` (the log file while a command runs, see :func:`_library_output`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            own = record.name.partition(".")[0] in ("pipelines", "model_server")
+            stream = _err.file if own else sys.stderr
+            stream.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging never breaks a command
+            self.handleError(record)
 
 
 WaitOption = typer.Option(
@@ -189,11 +275,18 @@ def _root(
     debug: bool = typer.Option(
         False, "--debug", help="On a failure, also print the Python traceback (stderr). Give it before the command."
     ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Also show what libraries print (Feast, MLflow, warnings) on stderr; it always goes to "
+        "STREAMFLOW_HOME/logs/streamflow.log. Give it before the command.",
+    ),
 ) -> None:
     """Read the settings once (``STREAMFLOW_*`` environment variables) and pass them to every command."""
     from pydantic import ValidationError
 
     ctx.meta[DEBUG_KEY] = debug
+    ctx.meta[VERBOSE_KEY] = verbose
     try:
         settings = _settings(ctx)
     except ValidationError as err:
@@ -202,12 +295,14 @@ def _root(
         )
         _fail(ctx, f"bad settings: {problems}", 2, "--json" in sys.argv[1:])
     level = logging.getLevelName(settings.log_level.upper())
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not isinstance(level, int) or level > logging.INFO:
-        # third-party deprecation hints and MLflow's own INFO/WARNING chatter are noise in a summary;
-        # STREAMFLOW_LOG_LEVEL=INFO shows them again
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
-        warnings.filterwarnings("ignore", module=r"(mlflow|sqlalchemy|dask|feast|alembic)(\.|$)")
+    root = logging.getLogger()
+    if not any(isinstance(h, _OutputHandler) for h in root.handlers):
+        handler = _OutputHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    if isinstance(level, int):
+        root.setLevel(level)
+    # warnings (SQLAlchemy's, dask's …) are written to sys.stderr when raised: the log file during a command
 
 
 # ------------------------------------------------------------------------------------------------ data generate
@@ -556,7 +651,7 @@ def status(ctx: typer.Context, as_json: bool = JsonOption) -> dict[str, Any]:
 
     settings = _settings(ctx)
     with _database(ctx) as db:
-        state = collect_status(db)
+        state = collect_status(db, settings)
     if not as_json:
         _print_status(state, settings)
     return state
@@ -580,6 +675,23 @@ def _print_status(state: dict[str, Any], settings: Settings) -> None:
     for name, per_month in state["snapshots"].items():
         snaps.add_row(name, *(f"{per_month.get(m, 0):,}" for m in state["snapshot_as_of"]))
     _out.print(snaps)
+    online = state.get("online")
+    if online is None:
+        return
+    if not online["views"]:
+        _out.print(f"online store: {online.get('note', 'no feature view')}")
+        return
+    views = RichTable("feature view", "as_of held", title="online store (Feast), newest materialized as_of")
+    for name, held in online["views"].items():
+        views.add_row(name, held or "—")
+    _out.print(views)
+    if not online["consistent"]:
+        newest = max((held for held in online["views"].values() if held), default=None)
+        _out.print(
+            "[bold red]the feature views of the online store disagree[/] (a materialize did not finish): "
+            f"run `streamflow features materialize --as-of {newest}`",
+            soft_wrap=True,
+        )
 
 
 @app.command()

@@ -12,6 +12,35 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# the URL schemes of Postgres mode, compared without case and without a driver suffix (postgresql+psycopg2://)
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def is_postgres_url(url: str | None) -> bool:
+    """The one answer to "which backend": True when ``url`` names a Postgres database.
+
+    ``Settings.is_postgres`` and the Feast repo (``feature_repo/features.py``, which reads ``STREAMFLOW_DB_URL``)
+    both ask this function, so the pipeline's tables and Feast's sources can never disagree. The scheme is compared
+    without case and without its ``+driver`` part: ``Postgresql://``, ``postgres://`` and ``postgresql+psycopg2://``
+    all name Postgres.
+    """
+    if not url or "://" not in url:
+        return False
+    scheme = url.strip().partition("://")[0]
+    return scheme.partition("+")[0].lower() in POSTGRES_SCHEMES
+
+
+def postgres_url(url: str) -> str:
+    """``url`` with its scheme spelled ``postgresql://`` (the spelling libpq, psycopg2 and SQLAlchemy all accept);
+    the rest — credentials (percent-encoded, as in any URL), host, database, query — is kept as given."""
+    return "postgresql://" + url.strip().partition("://")[2]
+
+
+def default_feature_repo() -> Path:
+    """The Feast repo shipped with StreamFlow: ``feature_repo/`` beside the ``pipelines`` package, both in a source
+    checkout and in an installed wheel (where it is package data in site-packages)."""
+    return Path(__file__).resolve().parent.parent / "feature_repo"
+
 
 class Settings(BaseSettings):
     """Configuration read from ``STREAMFLOW_*`` environment variables."""
@@ -39,7 +68,7 @@ class Settings(BaseSettings):
         "an sslmode=… in STREAMFLOW_DB_URL wins.",
     )
     feature_repo: Path = Field(
-        default=Path(__file__).resolve().parent.parent / "feature_repo",
+        default_factory=default_feature_repo,
         description="The Feast repo (definitions + feature_store*.yaml).",
     )
     feature_service: str = Field(default="churn_features", description="The FeatureService the model reads.")
@@ -103,13 +132,16 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        """The database the pipeline writes to: ``STREAMFLOW_DB_URL`` or the embedded DuckDB file."""
+        """The database the pipeline writes to: ``STREAMFLOW_DB_URL`` (a Postgres URL spelled ``postgresql://``
+        whatever its scheme's case or driver) or the embedded DuckDB file."""
+        if self.db_url and is_postgres_url(self.db_url):
+            return postgres_url(self.db_url)
         return self.db_url or f"duckdb:///{self.home / 'streamflow.duckdb'}"
 
     @property
     def is_postgres(self) -> bool:
-        """True when the raw tables and snapshots live in Postgres."""
-        return self.database_url.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://"))
+        """True when the raw tables and snapshots live in Postgres (:func:`is_postgres_url` decides)."""
+        return is_postgres_url(self.db_url)
 
     @property
     def snapshot_dir(self) -> Path:

@@ -15,7 +15,7 @@ import io
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -125,17 +125,14 @@ class Database(ABC):
 
     def table_counts(self) -> pd.DataFrame:
         """Rows per raw table and as_of (``users`` has no as_of: its rows are counted under as_of NULL)."""
-        parts = [f"SELECT '{USERS.name}' AS table_name, NULL AS as_of, COUNT(*) AS rows FROM users"]
-        parts += [
-            f"SELECT '{t.name}' AS table_name, as_of, COUNT(*) AS rows FROM {t.name} GROUP BY as_of"
-            for t in RAW_TABLES
-            if t.per_month
-        ]
+        monthly = [t.name for t in RAW_TABLES if t.per_month]
+        parts = [f"SELECT CAST(? AS TEXT) AS table_name, NULL AS as_of, COUNT(*) AS rows FROM {USERS.name}"]
+        parts += [f"SELECT CAST(? AS TEXT), as_of, COUNT(*) FROM {name} GROUP BY as_of" for name in monthly]
         parts.append(
-            "SELECT 'quarantine' AS table_name, as_of, "
-            "COUNT(DISTINCT table_name || ':' || CAST(line AS TEXT)) AS rows FROM quarantine GROUP BY as_of"
+            "SELECT CAST(? AS TEXT), as_of, "
+            "COUNT(DISTINCT table_name || ':' || CAST(line AS TEXT)) FROM quarantine GROUP BY as_of"
         )
-        return self.query(" UNION ALL ".join(parts))
+        return self.query(" UNION ALL ".join(parts), (USERS.name, *monthly, "quarantine"))
 
     def _create_all(self, snapshot_tables: bool) -> None:
         for table in RAW_TABLES:
@@ -154,6 +151,17 @@ class Database(ABC):
             f"SELECT user_id, as_of, CAST(as_of AS TIMESTAMP) AT TIME ZONE 'UTC' AS event_timestamp, {cols} "
             f"FROM {snap.source.name} WHERE as_of = {as_of_param} ORDER BY user_id"
         )
+
+
+def _alive(pid: int) -> bool:
+    """True when a process ``pid`` exists on this host (a run that may still be writing its files)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _as_date(value: Any) -> date:
@@ -211,27 +219,46 @@ class DuckDBDatabase(Database):
     def _snapshot_file(self, snap: Snapshot, as_of: date) -> Path:
         return self.snapshot_dir / snap.name / f"{as_of.isoformat()}.parquet"
 
+    @property
+    def _tmp_dir(self) -> Path:
+        return self.snapshot_dir / ".tmp"
+
+    def _clean_dead_tmp(self) -> None:
+        """Remove what a dead run left in ``snapshots/.tmp`` (files named ``…-<pid>.parquet``; a live process's
+        files are left to it), and the folder itself once empty."""
+        if not self._tmp_dir.is_dir():
+            return
+        for leftover in self._tmp_dir.iterdir():
+            pid = leftover.stem.rpartition("-")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue
+            leftover.unlink(missing_ok=True)
+        with suppress(OSError):  # not empty: a live run is writing
+            self._tmp_dir.rmdir()
+
     def write_snapshot(self, as_of: date) -> dict[str, int]:
         # Write every table to a temporary file first, then rename: a reader (Feast) never sees a half file,
-        # and the renames are the last, near-instant step.
+        # and the renames are the last, near-instant step. Paths and values are bound, never pasted into SQL.
+        self._clean_dead_tmp()
         staged: list[tuple[Path, Path]] = []
         counts: dict[str, int] = {}
-        tmp_dir = self.snapshot_dir / ".tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp_dir.mkdir(parents=True, exist_ok=True)
         try:
             for snap in SNAPSHOTS:
                 final = self._snapshot_file(snap, as_of)
                 final.parent.mkdir(parents=True, exist_ok=True)
-                tmp = tmp_dir / f"{snap.name}-{as_of.isoformat()}-{os.getpid()}.parquet"
-                select = self._snapshot_select(snap, f"DATE '{as_of.isoformat()}'")
-                self._con.execute(f"COPY ({select}) TO '{tmp}' (FORMAT parquet)")
-                counts[snap.name] = int(self._con.execute(f"SELECT COUNT(*) FROM read_parquet('{tmp}')").fetchone()[0])
+                tmp = self._tmp_dir / f"{snap.name}-{as_of.isoformat()}-{os.getpid()}.parquet"
                 staged.append((tmp, final))
+                self._con.execute(f"COPY ({self._snapshot_select(snap, '?')}) TO ? (FORMAT parquet)", [as_of, str(tmp)])
+                counts[snap.name] = int(
+                    self._con.execute("SELECT COUNT(*) FROM read_parquet(?)", [str(tmp)]).fetchone()[0]
+                )
             for tmp, final in staged:
                 os.replace(tmp, final)
         finally:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
+            self._clean_dead_tmp()
         with self.transaction():
             self._execute("DELETE FROM snapshot_runs WHERE as_of = ?", (as_of,))
             self._execute("INSERT INTO snapshot_runs VALUES (?, ?)", (as_of, counts[SNAPSHOTS[0].name]))
@@ -240,12 +267,12 @@ class DuckDBDatabase(Database):
     def snapshot_counts(self) -> pd.DataFrame:
         frames = []
         for snap in SNAPSHOTS:
-            folder = self.snapshot_dir / snap.name
-            if folder.is_dir() and any(folder.glob("*.parquet")):
+            files = sorted(str(f) for f in (self.snapshot_dir / snap.name).glob("*.parquet"))
+            if files:
                 frames.append(
                     self._con.execute(
-                        f"SELECT '{snap.name}' AS table_name, as_of, COUNT(*) AS rows "
-                        f"FROM read_parquet('{folder}/*.parquet') GROUP BY as_of"
+                        "SELECT ? AS table_name, as_of, COUNT(*) AS rows FROM read_parquet(?) GROUP BY as_of",
+                        [snap.name, files],
                     ).df()
                 )
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["table_name", "as_of", "rows"])
@@ -254,7 +281,7 @@ class DuckDBDatabase(Database):
         path = self._snapshot_file(snap, as_of)
         if not path.exists():
             return pd.DataFrame(columns=list(snap.db_columns))
-        return self._con.execute(f"SELECT * FROM read_parquet('{path}') ORDER BY user_id").df()
+        return self._con.execute("SELECT * FROM read_parquet(?) ORDER BY user_id", [str(path)]).df()
 
     def close(self) -> None:
         self._con.close()
@@ -341,9 +368,10 @@ class PostgresDatabase(Database):
     def snapshot_counts(self) -> pd.DataFrame:
         return self.query(
             " UNION ALL ".join(
-                f"SELECT '{s.name}' AS table_name, as_of, COUNT(*) AS rows FROM {s.name} GROUP BY as_of"
+                f"SELECT CAST(? AS TEXT) AS table_name, as_of, COUNT(*) AS rows FROM {s.name} GROUP BY as_of"
                 for s in SNAPSHOTS
-            )
+            ),
+            tuple(s.name for s in SNAPSHOTS),
         )
 
     def read_snapshot(self, snap: Snapshot, as_of: date) -> pd.DataFrame:

@@ -167,7 +167,20 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
         admin.close()
 
 
-@pytest.fixture(params=["embedded", "postgres"])
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``postgres`` marks every test that reaches the Postgres server, so ``-m "not postgres"`` runs none of them:
+    those whose fixtures include ``postgres_server`` (directly or through ``postgres_url``, ``settings[postgres]``
+    …), and those parametrized with a "postgres" backend that ask for ``postgres_url`` at run time."""
+    for item in items:
+        if item.get_closest_marker("postgres"):
+            continue
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        if "postgres_server" in getattr(item, "fixturenames", ()) or "postgres" in params:
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(params=["embedded", pytest.param("postgres", marks=pytest.mark.postgres)])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     """Settings for an isolated loop, on both backends."""
     if request.param == "postgres":
