@@ -8,7 +8,9 @@ Both are safe to re-run for the same month. ``retrain`` finds a version already 
 (same as_of, data hash, model kind and seed) and reports its gate decision instead of registering a twin; ``monthly``
 judges the model that was in production when the month arrived — after a promotion for month B, that is the newest
 version promoted before B — so a re-run compares the same months with the same model and reaches the same decision.
-An older month re-run after newer ones never retrains: a model of an older month never replaces a newer one.
+An older month re-run after newer ones never retrains: a model of an older month never replaces a newer one (the
+gate itself enforces that rule, for ``retrain`` and ``train`` + ``promote`` by hand too; ``monthly`` only spares the
+training it would reject).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def retrain(
     from pipelines.features import build_dataset
     from pipelines.online import open_store
     from pipelines.registry import CHALLENGER, PRODUCTION, mlflow_client, version_by_alias
-    from pipelines.train import PromoteResult, promote, train
+    from pipelines.train import DECIDED, PENDING, PromoteResult, promote, train
 
     kind = kind or settings.model_kind
     seed = settings.seed if seed is None else seed
@@ -88,13 +90,15 @@ def retrain(
     if dataset is None or dataset.as_of != as_of:
         dataset = build_dataset(settings, db, as_of, store=store)
     earlier = _same_training(client, as_of, kind, seed, dataset.manifest["content_sha256"])
-    if earlier is not None and "gate.decision" in earlier.tags:
+    if earlier is not None and earlier.tags.get("gate.decision") in DECIDED:  # not "pending": a gate that died
         production = version_by_alias(client, PRODUCTION)
         gate = PromoteResult.recorded(earlier, None if production is None else str(production.version))
         return RetrainResult(as_of, None, gate.to_json(), reused_version=str(earlier.version))
     challenger = version_by_alias(client, CHALLENGER)
-    if earlier is not None and challenger is not None and challenger.version == earlier.version:
-        trained, reused = None, str(earlier.version)  # trained before, never judged: judge it now
+    unjudged = earlier is not None and challenger is not None and challenger.version == earlier.version
+    if unjudged or (earlier is not None and earlier.tags.get("gate.decision") == PENDING):
+        # trained before and never judged, or judged by a gate that died moving the aliases: the gate finishes it
+        trained, reused = None, str(earlier.version)
     else:
         trained = train(settings, db, as_of, kind=kind, seed=seed, dataset=dataset, store=store).to_json()
         reused = None
@@ -133,8 +137,12 @@ def judged_version(client, production, as_of: date):
     The production version itself when it was trained on an earlier month (the usual case: a new month). Otherwise
     the month was processed before — retrained, or later months came after it — and the model that faced it is the
     newest version promoted by the gate among those trained before it.
+
+    Only a true record counts: the gate writes ``promoted`` once ``production`` holds the version (a gate that died
+    before leaves ``pending``), and a rollback leaves the record as it was (the rolled-back version did serve).
     """
     from pipelines.registry import MODEL_NAME
+    from pipelines.train import PROMOTED
 
     month = as_of.isoformat()
     if production.tags.get("as_of", "") < month:
@@ -142,7 +150,7 @@ def judged_version(client, production, as_of: date):
     before = [
         v
         for v in client.search_model_versions(f"name = '{MODEL_NAME}'")
-        if v.tags.get("as_of", "") < month and v.tags.get("gate.decision") == "promoted"
+        if v.tags.get("as_of", "") < month and v.tags.get("gate.decision") == PROMOTED
     ]
     return max(before, key=lambda v: (v.tags["as_of"], int(v.version)), default=None)
 
@@ -201,7 +209,8 @@ def _run_month(
     dataset = build_dataset(settings, db, as_of, store=store)
     client = mlflow_client(settings)
     production = version_by_alias(client, PRODUCTION)
-    # a month older than the production model's never replaces it (as the online store never goes back in time)
+    # a month older than the production model's never replaces it (as the online store never goes back in time): the
+    # gate would reject its challenger, so monthly does not train one
     trained_on = "" if production is None else production.tags.get("as_of", "")
     newer = trained_on if trained_on > as_of.isoformat() else None
     judged = None if production is None else judged_version(client, production, as_of)

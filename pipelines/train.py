@@ -6,9 +6,11 @@ needed to reproduce and judge the run, and registers the model as a new version 
 alias ``challenger``.
 
 ``promote`` is the gate: the challenger and the current champion (alias ``production``) are scored on the same
-held-out rows — the validation split of the challenger's as_of, which neither model trained on. The challenger
-becomes ``production`` (the old champion ``previous``) only if its ROC AUC beats the champion's by the configured
-margin; the first model ever is promoted. Every decision is written as tags on both versions.
+held-out rows — the challenger's validation users of its as_of, recorded with its run when it was trained, which it
+never trained on; the gate refuses to judge when that as_of's training set changed since. The challenger becomes
+``production`` (the old champion ``previous``) only if its ROC AUC beats the champion's by the configured margin and
+it was not trained on an older month than the champion; the first model ever is promoted. Every decision is written
+as tags on the versions, in an order that leaves the registry true whenever the process dies.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -30,7 +33,7 @@ import pandas as pd
 
 from pipelines.config import Settings
 from pipelines.db import Database
-from pipelines.errors import InvalidInput, NotFound
+from pipelines.errors import InvalidInput, NotFound, StreamflowError
 from pipelines.registry import (
     CHALLENGER,
     MODEL_NAME,
@@ -53,6 +56,8 @@ SKOPS_TRUSTED = {
     "logreg": ["numpy.dtype"],
 }
 VALID_SHARE = 0.2
+SPLIT_DIR, SPLIT_FILE = "split", "held_out.json"  # the run artifact recording the held-out and training user ids
+TAG_PID, TAG_HOST = "streamflow.pid", "streamflow.host"  # who runs a training run (to tell a live run from a dead one)
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -144,13 +149,24 @@ def evaluate(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, fl
 
 
 def split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Deterministic stratified train/validation split (the gate re-creates it from the seed)."""
+    """Deterministic stratified train/validation split: the same rows whatever the frame's row order.
+
+    The frame is put in user_id order first and stratified on the labels *of that ordered frame* (stratifying on the
+    unordered frame's labels pairs each row with another row's label: the split then depends on the row order and
+    is not stratified at all). The gate does not re-create it: ``train`` records the held-out user ids.
+    """
     from sklearn.model_selection import train_test_split
 
+    ordered = frame.sort_values("user_id", kind="stable")
     train_rows, valid_rows = train_test_split(
-        frame.sort_values("user_id", kind="stable"), test_size=VALID_SHARE, random_state=seed, stratify=frame[LABEL]
+        ordered, test_size=VALID_SHARE, random_state=seed, stratify=ordered[LABEL].to_numpy()
     )
     return train_rows, valid_rows
+
+
+def ids_hash(user_ids) -> str:
+    """SHA-256 of a set of user ids (sorted, one a line): the ``held_out_sha256`` tag of a version."""
+    return hashlib.sha256("\n".join(sorted(str(u) for u in user_ids)).encode()).hexdigest()
 
 
 def check_training_set(frame: pd.DataFrame, features: list[str], as_of: date) -> None:
@@ -181,20 +197,46 @@ def check_training_set(frame: pd.DataFrame, features: list[str], as_of: date) ->
 # ------------------------------------------------------------------------------------------------ MLflow
 
 
-def _git_commit() -> str:
-    if env := os.environ.get("STREAMFLOW_GIT_COMMIT"):
-        return env
+SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the checkout, when running from one
+BUILD_INFO = Path(__file__).resolve().parent / "_build_info.json"  # written at image/wheel build time, if at all
+
+
+def _build_info(key: str) -> str | None:
+    """``key`` of ``pipelines/_build_info.json`` (``{"git_commit": …, "lock_hash": …}``), or None."""
     try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        value = json.loads(BUILD_INFO.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):  # absent, unreadable or not a JSON object
+        return None
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _git_commit() -> str:
+    """The commit the code comes from: ``STREAMFLOW_GIT_COMMIT``, else the checkout the source lives in, else the
+    build info file, else ``unknown``. A checkout only counts when it is *this* source's (an installed package inside
+    some other repository, a venv in a checkout, must not report that repository's commit)."""
+    if env := os.environ.get("STREAMFLOW_GIT_COMMIT", "").strip():
+        return env
+    if (SOURCE_ROOT / ".git").exists():
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(SOURCE_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return _build_info("git_commit") or "unknown"
 
 
 def _lock_hash() -> str:
-    lock = Path(__file__).resolve().parent.parent / "requirements.lock"
-    return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else "unknown"
+    """SHA-256 of requirements.lock: ``STREAMFLOW_LOCK_HASH``, else the file beside the source, else the build info
+    file, else ``unknown``."""
+    if env := os.environ.get("STREAMFLOW_LOCK_HASH", "").strip():
+        return env
+    try:
+        return hashlib.sha256((SOURCE_ROOT / "requirements.lock").read_bytes()).hexdigest()
+    except OSError:
+        return _build_info("lock_hash") or "unknown"
 
 
 def _model_requirements() -> list[str]:
@@ -223,6 +265,68 @@ def _plots(folder: Path, y: np.ndarray, proba: np.ndarray, threshold: float) -> 
     fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def _dataset_source(path: Path | None):
+    """The MLflow dataset source of a training set parquet (None: a frame given by the caller, no file)."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    if path is None:
+        return None
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice and warns that it picked one
+        warnings.simplefilter("ignore", UserWarning)
+        return resolve_dataset_source(str(path))
+
+
+def _alive(pid: str | None) -> bool:
+    """True when process ``pid`` of this host runs (a zombie, killed but not reaped, does not)."""
+    try:
+        number = int(pid or "")
+    except ValueError:
+        return False
+    if number <= 0 or number == os.getpid():  # this process has not started its run yet: that one is dead
+        return False
+    try:
+        os.kill(number, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    try:
+        return Path(f"/proc/{number}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def fail_dead_runs(client, experiment: str) -> list[str]:
+    """Mark FAILED the runs of ``experiment`` left RUNNING by a ``train`` whose process is gone; their ids.
+
+    Only the holder of the state lock trains (``streamflow train`` / ``retrain`` / ``monthly`` take it), so a RUNNING
+    run met when a train starts is dead, with one check where it can be made: a run started on this host whose
+    process still runs (a caller of the Python API outside the lock) is left alone. A run of another host (another
+    pod) cannot be checked and is taken as dead, as the lock says.
+    """
+    from mlflow.entities import RunStatus
+
+    host = socket.gethostname()
+    failed = []
+    running = client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    for run in running:
+        tags = run.data.tags
+        if tags.get(TAG_HOST) == host and _alive(tags.get(TAG_PID)):
+            continue
+        client.set_tag(
+            run.info.run_id,
+            "streamflow.failed_because",
+            f"its process (pid {tags.get(TAG_PID, '?')} on host {tags.get(TAG_HOST, '?')}) ended without closing "
+            f"the run; marked FAILED by the train of pid {os.getpid()} on {host}",
+        )
+        client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.FAILED))
+        log.warning("run %s was left RUNNING by a dead train: marked FAILED", run.info.run_id)
+        failed.append(run.info.run_id)
+    return failed
 
 
 @dataclass
@@ -319,6 +423,7 @@ def train(
     check_training_set(frame, features, as_of)
     client = mlflow_client(settings)
     experiment = experiment_id(client, settings)
+    fail_dead_runs(client, experiment)
 
     pipeline, categorical, valid_rows, proba, threshold, metrics, seconds = fit_and_score(frame, features, kind, seed)
     y_valid = valid_rows[LABEL].astype(int).to_numpy()
@@ -329,7 +434,17 @@ def train(
     signature = infer_signature(valid_features, pipeline.predict_proba(valid_features)[:, 1])
 
     data_hash = manifest["content_sha256"] if manifest else content_hash(frame)
-    with mlflow.start_run(experiment_id=experiment, run_name=f"{kind}-{as_of.isoformat()}") as run:
+    # the gate scores the held-out users' rows of the as_of's training set: its hash is recorded to check that the
+    # rows are still those; a frame given by the caller (altered data) is judged on the as_of's own training set
+    if manifest is None:
+        dataset = dataset if dataset is not None and dataset.as_of == as_of else None
+        dataset = dataset or build_dataset(settings, db, as_of, store=store)
+    evaluation_hash = data_hash if manifest else dataset.manifest["content_sha256"]
+    held_out = sorted(valid_rows["user_id"].astype(str))
+    trained_on = sorted(set(frame["user_id"].astype(str)) - set(held_out))
+    held_out_hash = ids_hash(held_out)
+    me = {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname()}
+    with mlflow.start_run(experiment_id=experiment, run_name=f"{kind}-{as_of.isoformat()}", tags=me) as run:
         mlflow.log_params(
             {
                 "as_of": as_of.isoformat(),
@@ -368,6 +483,25 @@ def train(
                 mlflow.log_artifact(str(path))
             if manifest_path is not None:
                 mlflow.log_artifact(str(manifest_path), artifact_path="dataset")
+            split_record = {
+                "as_of": as_of.isoformat(),
+                "seed": seed,
+                "evaluation_set_sha256": evaluation_hash,
+                "held_out_sha256": held_out_hash,
+                "held_out": held_out,
+                "train": trained_on,
+            }
+            (folder / SPLIT_FILE).write_text(json.dumps(split_record))
+            mlflow.log_artifact(str(folder / SPLIT_FILE), artifact_path=SPLIT_DIR)
+        # MLflow's own lineage (the run's "Datasets used"): the training set, its source and digest
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                frame, source=_dataset_source(dataset.path if manifest else None), targets=LABEL,
+                name=f"training-{as_of.isoformat()}", digest=data_hash[:32],
+            ),
+            context="training",
+        )  # fmt: skip
+        mlflow.set_tags({"training_set_sha256": data_hash, "held_out_sha256": held_out_hash})
         mlflow.sklearn.log_model(
             pipeline,
             name="model",
@@ -378,8 +512,8 @@ def train(
             pip_requirements=_model_requirements(),
         )
         run_id = run.info.run_id
-    version = mlflow.register_model(f"runs:/{run_id}/model", MODEL_NAME)
-    for key, value in {
+    # the tags are written with the version (one write): a version never exists without its lineage
+    tags = {
         "as_of": as_of.isoformat(),
         "model_kind": kind,
         "threshold": f"{threshold:.6f}",
@@ -387,8 +521,10 @@ def train(
         "validation_auc": f"{metrics['roc_auc']:.6f}",
         "feature_service": settings.feature_service,
         "training_set_sha256": data_hash,
-    }.items():
-        client.set_model_version_tag(MODEL_NAME, version.version, key, value)
+        "evaluation_set_sha256": evaluation_hash,
+        "held_out_sha256": held_out_hash,
+    }
+    version = mlflow.register_model(f"runs:/{run_id}/model", MODEL_NAME, tags=tags)
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version.version)
     return TrainResult(run_id, str(version.version), as_of, kind, metrics, threshold, seconds)
 
@@ -406,9 +542,10 @@ class PromoteResult:
     evaluated_on: str | None
     margin: float
     production_version: str
+    reason: str | None = None  # why, in words (the gate.reason tag)
 
     def to_json(self) -> dict[str, Any]:
-        return self.__dict__
+        return dict(self.__dict__)
 
     @classmethod
     def recorded(cls, version, production_version: str | None) -> PromoteResult:
@@ -431,20 +568,69 @@ class PromoteResult:
             evaluated_on=tag("evaluated_on"),
             margin=float(version.tags.get("gate.margin", "nan")),
             production_version=production_version,
+            reason=tag("reason"),
         )
 
 
-def _held_out(settings: Settings, db: Database, version, store) -> tuple[pd.DataFrame, list[str], str]:
-    """The validation split of the challenger's as_of, re-created from its seed."""
+class TrainingSetChanged(StreamflowError):
+    """The as_of's training set is no longer the one a challenger was trained and split on: the gate cannot tell
+    held-out rows from training rows, so it judges nothing."""
+
+
+#: gate.decision values. ``pending``: the gate decided to promote and is moving the aliases; only once
+#: ``production`` holds the version does the tag say ``promoted`` (so ``promoted`` is never a lie, even after a crash).
+PROMOTED, REJECTED, PENDING = "promoted", "rejected", "pending"
+DECIDED = (PROMOTED, REJECTED)
+
+
+def held_out_rows(settings: Settings, db: Database, version, store) -> tuple[pd.DataFrame, list[str], str]:
+    """The rows the gate scores: the challenger's recorded held-out users, in the as_of's training set as it is now.
+
+    Raises:
+        TrainingSetChanged: the as_of's training set no longer has the hash recorded with the version.
+        NotFound: the version has no recorded held-out ids (trained before they were recorded).
+    """
+    import mlflow
+
     from pipelines.features import build_dataset
     from pipelines.online import feature_names
 
     as_of = date.fromisoformat(version.tags["as_of"])
+    recorded_hash = version.tags.get("evaluation_set_sha256")
+    if not recorded_hash or not version.tags.get("held_out_sha256") or not version.run_id:
+        raise NotFound(
+            f"version {version.version} has no recorded held-out user ids (trained before the gate recorded them): "
+            f"train a new challenger with `streamflow train --as-of {as_of.isoformat()}`"
+        )
     dataset = build_dataset(settings, db, as_of, store=store)
+    current_hash = dataset.manifest["content_sha256"]
+    if current_hash != recorded_hash:
+        raise TrainingSetChanged(
+            f"the training set of as_of {as_of.isoformat()} changed since version {version.version} was trained on "
+            f"it (recorded sha256 {recorded_hash}, current {current_hash}): the gate cannot tell its held-out rows "
+            f"from its training rows, so nothing was judged; train a new challenger on the current data with "
+            f"`streamflow train --as-of {as_of.isoformat()}` (or `streamflow retrain --as-of {as_of.isoformat()}`)"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=f"{SPLIT_DIR}/{SPLIT_FILE}", dst_path=tmp
+        )
+        record = json.loads(Path(path).read_text())
+    held_out = record["held_out"]
+    if ids_hash(held_out) != version.tags["held_out_sha256"]:
+        raise TrainingSetChanged(
+            f"version {version.version}: the held-out ids in run {version.run_id} ({SPLIT_DIR}/{SPLIT_FILE}) do not "
+            f"match its held_out_sha256 tag {version.tags['held_out_sha256']}; train a new challenger"
+        )
     frame = pd.read_parquet(dataset.path)
+    rows = frame[frame["user_id"].astype(str).isin(set(held_out))]
+    if len(rows) != len(held_out):  # cannot happen with the hash unchanged; said plainly if it does
+        raise TrainingSetChanged(
+            f"as_of {as_of.isoformat()}: {len(held_out) - len(rows)} of version {version.version}'s "
+            f"{len(held_out)} held-out users are not in the training set; train a new challenger"
+        )
     features = feature_names(store.get_feature_service(version.tags.get("feature_service", settings.feature_service)))
-    _, valid_rows = split(frame, int(version.tags.get("seed", settings.seed)))
-    return valid_rows, features, as_of.isoformat()
+    return rows, features, as_of.isoformat()
 
 
 def _auc(version, rows: pd.DataFrame, features: list[str]) -> float:
@@ -455,11 +641,64 @@ def _auc(version, rows: pd.DataFrame, features: list[str]) -> float:
     return float(roc_auc_score(rows[LABEL].astype(int), model.predict_proba(rows[features])[:, 1]))
 
 
+def _tag(client, version: str, key: str, value: str) -> None:
+    client.set_model_version_tag(MODEL_NAME, version, key, value)
+
+
+def _finish_promotion(client, version: str, old: str | None) -> None:
+    """The alias moves of a promotion, then its final record; each step may be repeated (a re-run after a crash).
+
+    Order: ``previous`` → old champion, ``production`` → the challenger (the promotion itself), the old champion's
+    ``gate.replaced_by``, the ``challenger`` alias goes, and last the challenger's ``gate.decision = promoted``: once
+    it says so, nothing of the promotion is left to do.
+    """
+    if old is not None:
+        client.set_registered_model_alias(MODEL_NAME, PREVIOUS, old)
+    client.set_registered_model_alias(MODEL_NAME, PRODUCTION, version)
+    if old is not None:
+        _tag(client, old, "gate.replaced_by", version)
+    challenger = version_by_alias(client, CHALLENGER)
+    if challenger is not None and str(challenger.version) == version:
+        client.delete_registered_model_alias(MODEL_NAME, CHALLENGER)
+    _tag(client, version, "gate.decision", PROMOTED)
+
+
+def _old_champion(version) -> str | None:
+    value = version.tags.get("gate.champion_version", "none")
+    return None if value == "none" else value
+
+
+def _rollback(client, margin: float) -> PromoteResult:
+    """``production`` back to ``previous``. Order: the alias move first (the rollback itself), then the records on
+    both versions, then ``previous`` goes; a re-run after a crash finishes it. The versions' ``gate.decision`` is
+    left as the gate wrote it: a rolled-back version *was* promoted (``monthly`` reads that record)."""
+    champion = version_by_alias(client, PRODUCTION)
+    previous = version_by_alias(client, PREVIOUS)
+    if previous is None or champion is None:
+        raise NotFound(f"nothing to roll back to: {MODEL_NAME} has no '{PREVIOUS}' version")
+    if champion.version == previous.version:  # a rollback crashed after moving production: the one it undid
+        undone = previous.tags.get("gate.replaced_by")
+    else:
+        client.set_registered_model_alias(MODEL_NAME, PRODUCTION, previous.version)
+        undone = str(champion.version)
+    if undone is not None:
+        _tag(client, undone, "gate.rolled_back_to", str(previous.version))
+        _tag(client, str(previous.version), "gate.restored_by_rollback_of", undone)
+    client.delete_registered_model_alias(MODEL_NAME, PREVIOUS)
+    return PromoteResult("rolled_back", None, undone, None, None, None, margin, str(previous.version))
+
+
 def promote(settings: Settings, db: Database, *, rollback: bool = False, store=None) -> PromoteResult:
     """Run the promotion gate (or roll back to the previous champion).
 
+    The challenger and the champion are scored on the challenger's recorded held-out users of its as_of (refused when
+    that training set changed since). A challenger trained on an older month than the champion's is rejected
+    whatever its score: an older month never replaces a newer model. Writes are ordered so that a crash at any
+    point leaves the registry true, and a re-run finishes the job (see :func:`_finish_promotion`).
+
     Raises:
         NotFound: no challenger to judge, or nothing to roll back to.
+        TrainingSetChanged: the challenger's as_of's training set is not the one it was trained on any more.
         StreamflowError: MLflow unreachable.
     """
     from pipelines.online import open_store
@@ -467,55 +706,69 @@ def promote(settings: Settings, db: Database, *, rollback: bool = False, store=N
     client = mlflow_client(settings)
     margin = settings.promotion_min_auc_gain
     champion = version_by_alias(client, PRODUCTION)
+    finished = None
+    if champion is not None and champion.tags.get("gate.decision") == PENDING:
+        # a gate died after moving production to this version: finish its writes before anything else
+        _finish_promotion(client, str(champion.version), _old_champion(champion))
+        champion = finished = client.get_model_version(MODEL_NAME, champion.version)
     if rollback:
-        previous = version_by_alias(client, PREVIOUS)
-        if previous is None or champion is None:
-            raise NotFound(f"nothing to roll back to: {MODEL_NAME} has no '{PREVIOUS}' version")
-        client.set_registered_model_alias(MODEL_NAME, PRODUCTION, previous.version)
-        client.delete_registered_model_alias(MODEL_NAME, PREVIOUS)
-        client.set_model_version_tag(MODEL_NAME, champion.version, "gate.decision", "rolled_back")
-        client.set_model_version_tag(MODEL_NAME, previous.version, "gate.decision", "restored_by_rollback")
-        return PromoteResult(
-            "rolled_back", None, str(champion.version), None, None, None, margin, str(previous.version)
-        )
+        return _rollback(client, margin)
 
     challenger = version_by_alias(client, CHALLENGER)
+    if challenger is None and finished is not None:  # the re-run's whole job: the decision that died, completed
+        return PromoteResult.recorded(finished, str(finished.version))
     if challenger is None:
         raise NotFound(f"{MODEL_NAME} has no '{CHALLENGER}' version: run `streamflow train --as-of DATE` first")
     if champion is not None and champion.version == challenger.version:
         raise NotFound(f"version {challenger.version} is already {PRODUCTION}; train a new challenger first")
     store = store or open_store(settings)
-    rows, features, evaluated_on = _held_out(settings, db, challenger, store)
+    rows, features, evaluated_on = held_out_rows(settings, db, challenger, store)
     challenger_auc = _auc(challenger, rows, features)
     champion_auc = _auc(champion, rows, features) if champion is not None else None
-    better = champion_auc is None or challenger_auc >= champion_auc + margin
-    decision = "promoted" if better else "rejected"
-    tags = {
-        "gate.decision": decision,
+    champion_month = None if champion is None else champion.tags.get("as_of", "")
+    if champion is None:
+        better, reason = True, "the first model: nothing to compare with"
+    elif champion_month and evaluated_on < champion_month:
+        better = False
+        reason = (
+            f"trained on {evaluated_on}, older than production v{champion.version}'s month ({champion_month}): "
+            "an older month never replaces a newer model"
+        )
+    else:
+        better = challenger_auc >= champion_auc + margin
+        verb = "beats" if better else "does not beat"
+        reason = (
+            f"AUC {challenger_auc:.4f} {verb} production v{champion.version}'s {champion_auc:.4f} + margin {margin:g} "
+            f"on {len(rows)} held-out rows of {evaluated_on}"
+        )
+    version = str(challenger.version)
+    if better:  # "pending" first: a crash from here on leaves no version called promoted that production never held
+        _tag(client, version, "gate.decision", PENDING)
+    for key, value in {
         "gate.challenger_auc": f"{challenger_auc:.6f}",
         "gate.champion_auc": "none" if champion_auc is None else f"{champion_auc:.6f}",
         "gate.champion_version": "none" if champion is None else str(champion.version),
         "gate.evaluated_on": evaluated_on,
+        "gate.evaluated_rows": str(len(rows)),
+        "gate.evaluated_sha256": ids_hash(rows["user_id"].astype(str)),
         "gate.margin": f"{margin:g}",
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(MODEL_NAME, challenger.version, key, value)
+        "gate.reason": reason,
+    }.items():
+        _tag(client, version, key, value)
     if better:
-        if champion is not None:
-            client.set_registered_model_alias(MODEL_NAME, PREVIOUS, champion.version)
-            client.set_model_version_tag(MODEL_NAME, champion.version, "gate.replaced_by", str(challenger.version))
-        client.set_registered_model_alias(MODEL_NAME, PRODUCTION, challenger.version)
-        client.delete_registered_model_alias(MODEL_NAME, CHALLENGER)
-        production = str(challenger.version)
-    else:
+        _finish_promotion(client, version, None if champion is None else str(champion.version))
+        production = version
+    else:  # written last: until then the version is simply not judged yet
+        _tag(client, version, "gate.decision", REJECTED)
         production = str(champion.version)
     return PromoteResult(
-        decision,
-        str(challenger.version),
+        PROMOTED if better else REJECTED,
+        version,
         None if champion is None else str(champion.version),
         challenger_auc,
         champion_auc,
         evaluated_on,
         margin,
         production,
+        reason,
     )

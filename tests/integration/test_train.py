@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +22,7 @@ from pipelines.config import Settings
 from pipelines.errors import InvalidInput, NotFound, StreamflowError
 from pipelines.features import build_dataset
 from pipelines.online import open_store
-from pipelines.registry import MODEL_NAME
+from pipelines.registry import MODEL_NAME, experiment_id, mlflow_client
 from pipelines.train import promote, train
 from tests.conftest import free_port, start_mlflow_server, stop_group
 from tests.integration.test_ingest import FEB, JAN
@@ -55,6 +57,18 @@ def aliases(client: MlflowClient) -> dict[str, str]:
     return {k: str(v) for k, v in client.get_registered_model(MODEL_NAME).aliases.items()}
 
 
+def assert_model_logged(client: MlflowClient, run_id: str, version: str) -> None:
+    """The run logged the model (MLflow 3 keeps it as a LoggedModel beside the run, not in the run's artifacts) and
+    the registered version is that model: its files are really stored."""
+    source = client.get_model_version(MODEL_NAME, version).source  # models:/<model id>
+    assert source.startswith("models:/"), source
+    logged = client.get_logged_model(source.removeprefix("models:/"))
+    assert logged.source_run_id == run_id and logged.name == "model"
+    files = {Path(a.path).name for a in mlflow.artifacts.list_artifacts(artifact_uri=logged.artifact_location)}
+    assert {"MLmodel", "requirements.txt"} <= files, files
+    assert any(name.endswith(".skops") for name in files), files
+
+
 def test_first_model_is_promoted_with_full_lineage(ready) -> None:
     settings, db, store = ready
     result = train(settings, db, JAN, store=store)
@@ -80,6 +94,15 @@ def test_first_model_is_promoted_with_full_lineage(ready) -> None:
     assert {"feature_schema.json", "confusion_matrix.png", "roc_curve.png", "dataset"} <= artifacts
     schema = json.loads(Path(client.download_artifacts(result.run_id, "feature_schema.json")).read_text())
     assert len(schema["features"]) == 14 and schema["feature_service"] == "churn_features"
+    assert_model_logged(client, result.run_id, result.model_version)
+    # MLflow's own lineage: the training set as the run's input, its source the dataset parquet, hash tags kept
+    inputs = [i for i in run.inputs.dataset_inputs if {t.key: t.value for t in i.tags}.get("mlflow.data.context")]
+    assert [{t.key: t.value for t in i.tags}["mlflow.data.context"] for i in inputs] == ["training"]
+    dataset = inputs[0].dataset
+    assert dataset.name == "training-2024-01-31" and dataset.digest == manifest["content_sha256"][:32]
+    assert json.loads(dataset.source)["uri"].endswith("datasets/2024-01-31/training.parquet")
+    assert json.loads(dataset.profile)["num_rows"] == manifest["rows"]
+    assert run.data.tags["training_set_sha256"] == manifest["content_sha256"]
 
     version = client.get_model_version(MODEL_NAME, result.model_version)
     assert version.tags["as_of"] == "2024-01-31" and version.tags["gate.decision"] == "promoted"
@@ -173,6 +196,54 @@ def test_as_of_without_snapshot(ready) -> None:
         promote(settings, db, store=store)
 
 
+# a training run's process, as train starts one: tagged with its pid and host, then it sleeps until it is killed
+RUN_AND_SLEEP = """
+import os, socket, sys, time
+import mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+run = mlflow.start_run(experiment_id=sys.argv[2],
+                       tags={"streamflow.pid": str(os.getpid()), "streamflow.host": socket.gethostname()})
+print(run.info.run_id, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("settings", ["embedded"], indirect=True)
+def test_train_marks_failed_the_runs_a_killed_train_left_running(ready) -> None:
+    settings, db, store = ready
+    client = registry(settings.tracking_uri)
+    experiment = experiment_id(mlflow_client(settings), settings)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RUN_AND_SLEEP, settings.tracking_uri, experiment],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    try:
+        killed, alive = (proc.stdout.readline().strip() for proc in procs)
+        os.killpg(procs[0].pid, signal.SIGKILL)  # killed mid-run: MLflow never hears of it
+        procs[0].wait(timeout=30)
+        untagged = client.create_run(experiment).info.run_id  # a run of a train that recorded no pid (older code)
+        assert {r.info.run_id: r.info.status for r in client.search_runs([experiment])} == {
+            killed: "RUNNING",
+            alive: "RUNNING",
+            untagged: "RUNNING",
+        }
+        result = train(settings, db, JAN, store=store)
+        status = {r.info.run_id: r.info.status for r in client.search_runs([experiment])}
+        assert status == {killed: "FAILED", untagged: "FAILED", alive: "RUNNING", result.run_id: "FINISHED"}
+        why = client.get_run(killed).data.tags["streamflow.failed_because"]
+        assert f"pid {procs[0].pid} on host {socket.gethostname()}" in why and "marked FAILED" in why
+        assert client.get_run(killed).info.end_time is not None
+        assert client.get_run(result.run_id).data.tags["streamflow.pid"] == str(os.getpid())
+    finally:
+        for proc in procs:
+            stop_group(proc)
+
+
 @pytest.fixture
 def mlflow_server(settings: Settings, tmp_path: Path):
     """A real `mlflow server` on a free loopback port; its backend is Postgres in Postgres mode."""
@@ -192,7 +263,8 @@ def test_against_a_real_tracking_server(ready, mlflow_server: str) -> None:
     assert gate.challenger_version == second.model_version and gate.champion_version == first.model_version
     client = registry(mlflow_server)
     assert client.get_model_version_by_alias(MODEL_NAME, "production").version == gate.production_version
-    assert {"confusion_matrix.png", "model"} <= {a.path for a in client.list_artifacts(first.run_id)} | {"model"}
+    assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(first.run_id)}
+    assert_model_logged(client, first.run_id, first.model_version)
 
 
 def test_cli_train_and_promote_json(tmp_path: Path, months_dir: Path) -> None:
