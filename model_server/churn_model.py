@@ -71,6 +71,29 @@ class FeatureError(ValueError):
     """A feature tensor the model cannot take (the message names the tensor and the value)."""
 
 
+# The only types, beyond skops' own defaults, a served model file may hold: those of the Pipelines `streamflow
+# train` builds (pipelines.train.SKOPS_TRUSTED, every model kind; a unit test holds the two together). Fixed here,
+# never read from the artifact: MLflow's loader trusts the ``skops_trusted_types`` the model's own MLmodel file
+# lists, so a crafted version could vouch for any type, and loading it would run its code.
+TRUSTED_TYPES: tuple[str, ...] = (
+    "numpy.dtype",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+)
+
+
+class ModelRefused(RuntimeError):
+    """A registered version the predictor will not load (not a skops file, or a type outside TRUSTED_TYPES):
+    loading it could run code. Not retried until the alias moves."""
+
+
+def contract_bounds() -> dict[str, tuple[float | None, float | None]]:
+    """``feature -> (ge, gt)``: the data contract's lower bounds (pipelines.tables declares them once)."""
+    from pipelines.tables import RAW_TABLES
+
+    return {c.name: (c.ge, c.gt) for t in RAW_TABLES for c in t.columns if c.ge is not None or c.gt is not None}
+
+
 def feature_tensors(inputs) -> dict[str, tuple[str, np.ndarray]]:
     """v2 inputs ``(name, datatype, values, parameters)`` → one ``(datatype, values)`` per feature name, blocks split.
 
@@ -146,6 +169,7 @@ class ServedModel:
     _unknown_code: list[float] = field(default_factory=list, repr=False)
     _cat_cols: list[str] = field(default_factory=list, repr=False)
     _num_cols: list[str] = field(default_factory=list, repr=False)
+    _bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=contract_bounds, repr=False)
 
     @property
     def scoring(self) -> str:
@@ -312,6 +336,8 @@ class ServedModel:
                     wrong = ~nulls & (column != 0) & (column != 1)
                     if wrong.any():
                         raise FeatureError(f"input {name!r}: value {float(column[wrong][0])!r} is not a boolean (0/1)")
+                else:
+                    _check_range(name, column, nulls, self._bounds.get(name, (None, None)))
             if nulls.any() and not spec.optional:
                 raise FeatureError(
                     f"input {name!r}: NULL/NaN at position {int(np.argmax(nulls))}; this feature may not be NULL"
@@ -360,6 +386,20 @@ class ServedModel:
         return (proba >= self.threshold).astype(np.int64)
 
 
+def _check_range(name: str, column: np.ndarray, nulls: np.ndarray, bounds: tuple[float | None, float | None]) -> None:
+    """Refuse ±Infinity anywhere and values under the contract's bound (NaN is NULL, checked by the caller)."""
+    ge, gt = bounds
+    bad = ~nulls & ~np.isfinite(column)
+    why = "is not a finite number"
+    if not bad.any() and ge is not None:
+        bad, why = ~nulls & (column < ge), f"is out of range (the data contract says >= {ge:g})"
+    if not bad.any() and gt is not None:
+        bad, why = ~nulls & (column <= gt), f"is out of range (the data contract says > {gt:g})"
+    if bad.any():
+        at = int(np.argmax(bad))
+        raise FeatureError(f"input {name!r}: value {float(column[at])!r} at position {at} {why}")
+
+
 def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
@@ -396,8 +436,8 @@ def load_version(model_name: str, version) -> ServedModel:
     uri = f"models:/{model_name}/{version.version}"
     with tempfile.TemporaryDirectory(prefix="streamflow-model-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        pipeline = mlflow.sklearn.load_model(local)
         meta = mlflow.models.Model.load(local)
+        pipeline = load_pipeline(local, meta, f"version {version.version} of {model_name}")
         specs = specs_from_signature(meta.signature)
         try:
             example = meta.load_input_example(local)
@@ -421,6 +461,30 @@ def load_version(model_name: str, version) -> ServedModel:
         tags=tags,
         probe=probe,
     )
+
+
+def load_pipeline(local: str, meta, what: str):
+    """The scikit-learn model file of a downloaded MLflow model, loaded by skops trusting :data:`TRUSTED_TYPES` only
+    (not the types the artifact lists, not pickle whatever MLflow's flag says).
+
+    Raises:
+        ModelRefused: not a skops-serialized sklearn model, or one holding a type outside the list.
+    """
+    from pathlib import Path
+
+    import skops.io
+
+    flavor = (meta.flavors or {}).get("sklearn")
+    if flavor is None:
+        raise ModelRefused(f"{what} is not a scikit-learn model (flavors: {', '.join(meta.flavors or {}) or 'none'})")
+    fmt = flavor.get("serialization_format", "pickle")
+    if fmt != "skops":
+        raise ModelRefused(f"{what} is serialized as {fmt!r}: only 'skops' models are loaded (pickle runs code)")
+    path = Path(local) / flavor.get("pickled_model", "model.skops")
+    untrusted = sorted(set(skops.io.get_untrusted_types(file=path)) - set(TRUSTED_TYPES))
+    if untrusted:
+        raise ModelRefused(f"{what} holds types outside the serving allow-list: {', '.join(untrusted)}")
+    return skops.io.load(path, trusted=list(TRUSTED_TYPES))
 
 
 def _synthetic_probe(specs: list[FeatureSpec]) -> pd.DataFrame:

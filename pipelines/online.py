@@ -190,6 +190,7 @@ class OnlineFeatures:
         self._as_of: tuple[Any, dict[str, datetime | None]] = (None, {})
         self._registry_error: str | None = None
         self._checking = threading.Lock()  # held while a registry check runs: one at a time
+        self._store_error: str | None = None  # the last online store failure logged (once per distinct one)
         self._next_check = time.monotonic() + REGISTRY_CHECK_SECONDS
         self.refresh_as_of()
 
@@ -250,17 +251,23 @@ class OnlineFeatures:
         ids = list(user_ids)
         if not ids:
             raise InvalidInput("user_id: empty list (give at least one user id)")
-        bad = [u for u in ids if not isinstance(u, str) or not u.strip()]
+        bad = [u for u in ids if not isinstance(u, str) or not u.strip() or not _utf8(u)]
         if bad:
-            raise InvalidInput(f"user_id: {bad[0]!r} is not a user id (non-empty string expected)")
+            raise InvalidInput(f"user_id: {bad[0]!r} is not a user id (non-empty Unicode text expected)")
         unique = list(dict.fromkeys(ids))
         keys = [EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=u)]) for u in unique]
         values: dict[str, list[Any]] = {name: [None] * len(unique) for name in self.names}
         newest = self._current_as_of()
         for view, names in self._views:
-            rows = self._provider.online_read(
-                config=self.store.config, table=view, entity_keys=keys, requested_features=names
-            )
+            try:
+                rows = self._provider.online_read(
+                    config=self.store.config, table=view, entity_keys=keys, requested_features=names
+                )
+            except Exception as err:
+                if not _store_unreadable(err):
+                    raise
+                raise self._unavailable(view.name, err) from None
+            self._store_error = None
             oldest_valid = newest.get(view.name)
             for i, (stamp, found) in enumerate(rows):
                 if not found or (oldest_valid is not None and _stale(stamp, oldest_valid)):
@@ -283,3 +290,47 @@ class OnlineFeatures:
             order = [where[uid] for uid in ids]
             values = {name: [column[i] for i in order] for name, column in values.items()}
         return LookupResult(ids, values, missing)
+
+    def _unavailable(self, view: str, err: Exception) -> OnlineStoreUnavailable:
+        """The error a failed online read is answered with: the store's own reason (first line, credentials
+        hidden), no exception class; logged once per distinct reason."""
+        from pipelines.errors import redact
+
+        reason = redact(str(err).strip().splitlines()[0][:300] if str(err).strip() else "no reason given")
+        kind = getattr(self.store.config.online_store, "type", "online")
+        message = f"the {kind} online store could not be read ({reason}); retry later"
+        if message != self._store_error:
+            self._store_error = message
+            log.warning("online lookup of %s: %s", view, message)
+        return OnlineStoreUnavailable(message)
+
+
+class OnlineStoreUnavailable(StreamflowError):
+    """The online store could not be read: locked by a writer, unreachable, or unreadable. Retrying may help."""
+
+    exit_code = 75
+
+
+def _utf8(text: str) -> bool:
+    """``text`` can be sent to a store (a lone surrogate, as JSON's ``"\\ud800"`` gives, cannot)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _store_unreadable(err: BaseException) -> bool:
+    """A failure of the store itself (lock, connection, file), not of the request: SQLite's and psycopg's
+    operational errors, a psycopg pool timeout, an OS error."""
+    import sqlite3
+
+    if isinstance(err, sqlite3.OperationalError | sqlite3.DatabaseError | OSError):
+        return True
+    return any(
+        cls.__module__.split(".")[0] in ("psycopg", "psycopg_pool", "psycopg2")
+        and cls.__name__ in ("OperationalError", "InterfaceError", "PoolTimeout", "TooManyRequests")
+        for cls in type(err).__mro__
+    )
