@@ -20,6 +20,7 @@ saying why, and the same polling thread loads the alias's version as soon as the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import threading
@@ -33,7 +34,9 @@ from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from model_server.churn_model import (
+    COMPILED_MAX_ROWS,
     FeatureError,
+    ModelRefused,
     ServedModel,
     feature_tensors,
     load_version,
@@ -53,6 +56,9 @@ from pipelines.errors import redact_url
 from pipelines.registry import MODEL_NAME, absent_in_registry, mlflow_client
 
 log = logging.getLogger("streamflow.predictor")
+
+# a version that failed to load is tried again after the poll interval, then twice as long each time, up to this
+RETRY_MAX_SECONDS = 300.0
 
 
 class ChurnPredictor(Model):
@@ -77,7 +83,10 @@ class ChurnPredictor(Model):
         self._client = None
         self._stop = threading.Event()
         self._reachable: bool | None = None
-        self._broken: str | None = None  # a version that failed to load: not retried until the alias moves
+        self._broken: str | None = None  # the alias's version that failed to load, retried with backoff
+        self._failures = 0  # failed attempts at ``_broken`` in a row
+        self._retry_at = 0.0  # monotonic time of the next attempt at ``_broken``
+        self._refused = False  # ``_broken`` was refused (could run code): not retried until the alias moves
         self._absent = False  # the registry answered that the alias (or the model) does not exist
 
     # ------------------------------------------------------------ registry
@@ -156,27 +165,53 @@ class ChurnPredictor(Model):
             return False
         self._set_reachable(True)
         self._absent = False
-        if self.served is not None and str(version.version) in (self.served.version, self._broken):
-            return False  # with nothing served, a version that failed to load is tried again at each poll
+        wanted = str(version.version)
+        if self.served is not None and wanted == self.served.version:
+            self._loaded()  # the alias moved back to the version served: nothing pending any more
+            return False
+        if wanted == self._broken and (self._refused or time.monotonic() < self._retry_at):
+            return False
         try:
             model = load_version(self.registered_model, version)
         except Exception as err:  # noqa: BLE001 - a broken new version must not take the old one down
-            again, self._broken = self._broken == str(version.version), str(version.version)
-            if again:
-                log.debug("version %s still cannot be loaded: %s", version.version, err)
-                return False
-            self.metrics.reloads.labels(self.metrics.server, "failed").inc()
-            log.error(
-                "version %s of %s could not be loaded, %s: %s",
-                version.version,
-                self.registered_model,
-                f"still serving {self.served.version}" if self.served else f"not ready; {self._polling}",
-                err,
-            )
+            self._failed(wanted, err)
             return False
         self._swap(model)
+        self._loaded()
         self.metrics.reloads.labels(self.metrics.server, "swapped").inc()
         return True
+
+    def _failed(self, wanted: str, err: Exception) -> None:
+        """A failed load of the alias's version: counted, said once per version, retried with backoff (the poll
+        interval doubling up to ``RETRY_MAX_SECONDS``) unless it was refused."""
+        again = self._broken == wanted
+        self._broken, self._refused = wanted, isinstance(err, ModelRefused)
+        self._failures = self._failures + 1 if again else 1
+        delay = min(self.poll_seconds * 2 ** (self._failures - 1), max(self.poll_seconds, RETRY_MAX_SECONDS))
+        self._retry_at = time.monotonic() + delay
+        server = self.metrics.server
+        self.metrics.load_failures.labels(server).inc()
+        self.metrics.pending_version.labels(server).set(float(wanted) if wanted.isdigit() else -1)
+        why = str(err).splitlines()[0][:500] if str(err) else type(err).__name__
+        if again:
+            log.info("version %s still cannot be loaded (attempt %d, next in %g s): %s", wanted, self._failures,
+                     delay, why)  # fmt: skip
+            return
+        self.metrics.reloads.labels(server, "failed").inc()
+        log.error(
+            "version %s of %s %s, %s; %s: %s",
+            wanted,
+            self.registered_model,
+            "was refused" if self._refused else "could not be loaded",
+            f"still serving {self.served.version}" if self.served else "not ready",
+            "not retried until the alias moves" if self._refused else f"retrying with backoff from {delay:g} s",
+            why,
+        )
+
+    def _loaded(self) -> None:
+        if self._broken is not None:
+            self._broken, self._failures, self._refused = None, 0, False
+        self.metrics.pending_version.labels(self.metrics.server).set(0)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_seconds):
@@ -190,21 +225,19 @@ class ChurnPredictor(Model):
     async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
         return await counted_call(self.metrics, super().__call__, body, headers, verb)
 
-    def predict(self, payload, headers=None, response_headers=None):
+    async def predict(self, payload, headers=None, response_headers=None):
         model = self.served  # taken once: a swap during this request does not change it
         if model is None:
             raise ModelNotReady(self.name)
         if not isinstance(payload, InferRequest):
             raise InvalidInput("the predictor speaks the v2 protocol: POST /v2/models/{name}/infer")
-        try:
-            tensors = feature_tensors((i.name, i.datatype, i.as_numpy(), i.parameters) for i in payload.inputs)
-            columns, _ = model.columns_from_tensors(tensors)
-        except FeatureError as err:
-            raise InvalidInput(str(err)) from None
-        except (ValueError, TypeError) as err:
-            raise InvalidInput(f"malformed input tensor: {err}") from None
-        proba = model.predict_proba(columns)
-        labels = model.labels(proba)
+        # a batch is checked and scored off the event loop, so probes and small requests are answered meanwhile;
+        # a few rows (treelite's ~0.1 ms) stay on it: a thread hop would cost more than the work
+        rows = max((int(i.shape[0]) for i in payload.inputs if i.shape), default=0)
+        if rows < COMPILED_MAX_ROWS:
+            proba, labels = _score(model, payload)
+        else:
+            proba, labels = await asyncio.to_thread(_score, model, payload)
         self.metrics.observe_predictions(proba.tolist(), labels)
         binary = payload.use_binary_outputs
         outputs = [
@@ -227,11 +260,33 @@ class ChurnPredictor(Model):
     def get_input_types(self):
         return metadata_inputs(self.served.specs) if self.served else []
 
+    def versions(self) -> list[str]:
+        """The model metadata's ``versions``: the registry version loaded now (none before the first load)."""
+        model = self.served
+        return [model.version] if model is not None else []
+
     def get_output_types(self):
         return [
             {"name": "churn_probability", "datatype": "FP32", "shape": [-1]},
             {"name": "churn_label", "datatype": "INT64", "shape": [-1]},
         ]
+
+
+def _score(model: ServedModel, payload: InferRequest) -> tuple[np.ndarray, np.ndarray]:
+    """Check the feature tensors against ``model`` and score them: (churn probability, label) per row.
+
+    Raises:
+        InvalidInput: a tensor the model cannot take (the message names the feature and the value).
+    """
+    try:
+        tensors = feature_tensors((i.name, i.datatype, i.as_numpy(), i.parameters) for i in payload.inputs)
+        columns, _ = model.columns_from_tensors(tensors)
+    except FeatureError as err:
+        raise InvalidInput(str(err)) from None
+    except (ValueError, TypeError) as err:
+        raise InvalidInput(f"malformed input tensor: {err}") from None
+    proba = model.predict_proba(columns)
+    return proba, model.labels(proba)
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:

@@ -114,6 +114,18 @@ class ServerMetrics:
             ["server", "result"],
             registry=registry,
         )
+        self.load_failures = Counter(
+            "streamflow_model_load_failures",
+            "Failed attempts to load the version the registry alias names (each retry counts; retried with backoff).",
+            ["server"],
+            registry=registry,
+        )
+        self.pending_version = Gauge(
+            "streamflow_model_version_pending",
+            "The version the registry alias names but this server could not load yet (0: none pending).",
+            ["server"],
+            registry=registry,
+        )
 
         self._request_children: dict[tuple[str, str], tuple] = {}
         self._prediction_children: tuple | None = None
@@ -390,7 +402,7 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
     from kserve.errors import ModelNotReady, ServerNotReady
     from kserve.model_server import app
     from kserve.protocol.dataplane import DataPlane
-    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
     from kserve.protocol.grpc.server import GRPCServer
     from kserve.protocol.grpc.servicer import InferenceServicer
@@ -423,15 +435,33 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
             """KServe's server readiness, and a model registered, every one ready."""
             return await models_ready(self.model_registry) and await super().ready()
 
+        async def model_metadata(self, model_name: str) -> dict:
+            """KServe's model metadata, with ``versions`` (KServe leaves it null): the model's ``versions()``."""
+            metadata = await super().model_metadata(model_name)
+            versions = getattr(self.get_model_from_registry(model_name), "versions", None)
+            if versions is not None:
+                metadata["versions"] = versions()
+            return metadata
+
     class _Interceptor(ExceptionToStatusInterceptor):
         async def handle_exception(self, ex, request_or_iterator, context, method_name):
-            if isinstance(ex, ModelNotReady):  # KServe 0.21 reads its missing .reason: UNKNOWN and a traceback
-                await context.abort(StatusCode.UNAVAILABLE, str(ex))
+            if isinstance(ex, ModelNotReady | ServerNotReady):  # KServe 0.21 reads ModelNotReady's missing .reason
+                await context.abort(StatusCode.UNAVAILABLE, str(ex))  # (UNKNOWN) and logs a traceback for both
             if isinstance(ex, RepositoryOff):
                 await context.abort(StatusCode.UNIMPLEMENTED, str(ex))
             await super().handle_exception(ex, request_or_iterator, context, method_name)
 
     class _Servicer(InferenceServicer):
+        async def ModelMetadata(self, request, context):
+            metadata = await self._data_plane.model_metadata(model_name=request.name)
+            return grpc_predict_v2_pb2.ModelMetadataResponse(
+                name=metadata["name"],
+                versions=metadata.get("versions") or [],
+                platform=metadata["platform"],
+                inputs=metadata["inputs"],
+                outputs=metadata["outputs"],
+            )
+
         async def RepositoryModelLoad(self, request, context):
             raise RepositoryOff(REPOSITORY_OFF)
 
@@ -561,13 +591,20 @@ def _malformed_message(errors: list[dict]) -> str:
 
 async def counted_call(metrics: ServerMetrics, call: Callable[..., Awaitable], body, headers, verb):
     """``Model.__call__`` with gRPC requests counted and timed (REST ones are counted by the HTTP middleware of
-    :func:`add_request_metrics`, which sees every status, malformed bodies included)."""
+    :func:`add_request_metrics`, which sees every status, malformed bodies included), and the answer's outputs
+    shaped as the v2 request asks (:func:`shape_outputs`): the one place both servers' inferences pass through."""
+    wanted = _requested_outputs(call, body)
     if not getattr(body, "from_grpc", False):
-        return await call(body, headers, verb)
+        result = await call(body, headers, verb)
+        if wanted is not None or getattr(body, "use_binary_outputs", False):  # common JSON request: nothing to do
+            shape_outputs(body, result[0], wanted)
+        return result
     start = time.perf_counter()
     status = "OK"
     try:
-        return await call(body, headers, verb)
+        result = await call(body, headers, verb)
+        shape_outputs(body, result[0], wanted)
+        return result
     except BaseException as err:
         status = _grpc_status(err)
         raise
@@ -575,12 +612,65 @@ async def counted_call(metrics: ServerMetrics, call: Callable[..., Awaitable], b
         metrics.observe_request("grpc", status, time.perf_counter() - start)
 
 
+def _requested_outputs(call, body) -> list | None:
+    """The outputs a v2 request names (None: it names none), checked against the model's outputs before any work.
+
+    Raises:
+        InvalidInput: an output the model does not answer (400 over REST, INVALID_ARGUMENT over gRPC).
+    """
+    wanted = getattr(body, "request_outputs", None)
+    if not wanted:
+        return None
+    from kserve.errors import InvalidInput
+
+    known = [o["name"] for o in call.__self__.get_output_types()]  # ``call`` is the model's bound ``__call__``
+    for output in wanted:
+        if output.name not in known:
+            raise InvalidInput(f"outputs: unknown output {output.name!r}; this model answers {', '.join(known)}")
+    return wanted
+
+
+def shape_outputs(body, response, wanted: list | None) -> None:
+    """Shape ``response`` (a KServe ``InferResponse``) as the v2 request ``body`` asks:
+
+    * the requested ``outputs`` only, in their order (KServe itself returns every output);
+    * over gRPC, every output in ``raw_output_contents``: NVIDIA's ``tritonclient`` reads nothing else (typed
+      ``contents`` came back as empty arrays), and raw bytes are the cheaper encoding anyway;
+    * over REST, binary tensors (the binary-tensor extension: ``Inference-Header-Content-Length``) for the outputs
+      asked for so: the request's ``binary_data_output`` parameter, overridden by an output's own ``binary_data``.
+
+    KServe's ``InferResponse`` has no public setters for the two encodings ``to_grpc`` / ``to_rest`` read.
+    """
+    from kserve.errors import InferenceError
+    from kserve.protocol.infer_type import InferResponse, RequestedOutput
+
+    if not isinstance(response, InferResponse):
+        return
+    if wanted is not None:
+        outputs = [response.get_output_by_name(o.name) for o in wanted]
+        if any(o is None for o in outputs):
+            missing = [o.name for o, found in zip(wanted, outputs, strict=True) if found is None]
+            raise InferenceError(f"outputs: the model answered without {', '.join(missing)}")
+        response.outputs = outputs
+    if body.from_grpc:
+        response._use_binary_outputs = True
+        return
+    binary = bool(body.use_binary_outputs)
+    if wanted is not None:
+        response._requested_outputs = [
+            RequestedOutput(o.name, {"binary_data": binary if o.binary_data is None else bool(o.binary_data)})
+            for o in wanted
+        ]
+    else:
+        response._use_binary_outputs = binary
+
+
 def _grpc_status(err: BaseException) -> str:
     """The gRPC status KServe's interceptor sends for an exception."""
-    from kserve.errors import InferenceError, InvalidInput, ModelNotReady
+    from kserve.errors import InferenceError, InvalidInput, ModelNotReady, ServerNotReady
 
     if isinstance(err, InvalidInput | InferenceError):
         return "INVALID_ARGUMENT"
-    if isinstance(err, ModelNotReady):
+    if isinstance(err, ModelNotReady | ServerNotReady):
         return "UNAVAILABLE"
     return "INTERNAL"

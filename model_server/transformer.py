@@ -33,7 +33,7 @@ import uuid
 import numpy as np
 from fastapi import Request
 from kserve import Model
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ServerNotReady
 from kserve.model import InferenceVerb, append_forwardable_headers
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
@@ -149,6 +149,17 @@ class PredictorFailed(RuntimeError):
     """The predictor did not answer or refused the features: answered 502."""
 
 
+class FeaturesUnavailable(ServerNotReady):
+    """The online store could not be read (locked by a writer, unreachable, unreadable): answered 503 (gRPC
+    UNAVAILABLE), a status a client may retry, with the store's reason and never an exception class. A
+    ``ServerNotReady`` so both servers' 503 handler and KServe's gRPC interceptor answer it; ``reason`` is what that
+    interceptor sends."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.error_msg = self.reason = message
+
+
 class FeastTransformer(Model):
     def __init__(self, name: str, features, hop: PredictorHop | None, max_batch: int, metrics: ServerMetrics):
         super().__init__(name)
@@ -159,6 +170,7 @@ class FeastTransformer(Model):
         self.max_batch = max_batch
         self.metrics = metrics
         self.ready = True
+        self.answered_version: str | None = None  # the predictor's model version in the last answer
 
     async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
         return await counted_call(self.metrics, super().__call__, body, headers, verb)
@@ -197,11 +209,29 @@ class FeastTransformer(Model):
                     raise InvalidInput(f"input 'user_id': value at position {position} is not UTF-8") from None
             if not isinstance(value, str) or not value.strip():
                 raise InvalidInput(f"input 'user_id': value {value!r} at position {position} is not a user id")
+            if not value.isascii():  # a lone surrogate (JSON "\ud800") is a str no store can be asked for
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidInput(
+                        f"input 'user_id': value {value!r} at position {position} is not valid Unicode text"
+                    ) from None
             ids.append(value)
         return ids
 
     def lookup(self, ids: list[str]):
-        result = self.features.lookup(ids)
+        """The users' features (blocking: call it off the event loop).
+
+        Raises:
+            MissingFeatures: some user has a missing feature.
+            FeaturesUnavailable: the online store could not be read.
+        """
+        from pipelines.online import OnlineStoreUnavailable
+
+        try:
+            result = self.features.lookup(ids)
+        except OnlineStoreUnavailable as err:
+            raise FeaturesUnavailable(str(err)) from None
         if result.missing:
             for gaps in result.missing.values():
                 for name in gaps:
@@ -209,10 +239,18 @@ class FeastTransformer(Model):
             raise MissingFeatures(result.missing)
         return result
 
-    def preprocess(self, payload, headers=None):
+    async def preprocess(self, payload, headers=None):
+        # the ids are checked and their features read off the event loop (a 10,000-id read takes ~0.2 s, a locked
+        # store seconds): readiness probes and other requests are answered meanwhile. The ids reach postprocess
+        # through this request's context, set here on the loop (a thread works on a copy of the context).
+        ids, request = await asyncio.to_thread(self._features_request, payload)
+        _REQUEST_IDS.set(ids)
+        return request
+
+    def _features_request(self, payload) -> tuple[list[str], InferRequest]:
+        """The request's user ids and the predictor's request holding their features."""
         ids = self.user_ids(payload)
         result = self.lookup(ids)
-        _REQUEST_IDS.set(ids)
         # two blocks instead of 14 tensors (model_server.churn_model: each tensor costs both servers)
         numbers = np.array([result.columns[n] for n in self.numbers], dtype=np.float64).T  # None → NaN
         texts = np.array([["" if v is None else v for v in result.columns[n]] for n in self.texts], dtype=object).T
@@ -222,7 +260,7 @@ class FeastTransformer(Model):
             for block, names, datatype in ((numbers, self.numbers, "FP64"), (texts, self.texts, "BYTES"))
             if names
         ]  # fmt: skip
-        return InferRequest(self.name, inputs, request_id=payload.id)
+        return ids, InferRequest(self.name, inputs, request_id=payload.id)
 
     async def predict(self, payload, headers=None, response_headers=None):
         try:
@@ -251,6 +289,8 @@ class FeastTransformer(Model):
         proba = proba.as_numpy().astype(np.float32).reshape(-1)
         labels = labels.as_numpy().astype(np.int64).reshape(-1)
         version = result.model_version or (result.parameters or {}).get("model_version")
+        if version:
+            self.answered_version = str(version)
         outputs = [
             InferOutput(USER_ID, [len(ids)], "BYTES", data=ids),
             InferOutput("churn_probability", [len(ids)], "FP32", data=proba.tolist()),
@@ -266,6 +306,12 @@ class FeastTransformer(Model):
 
     def get_input_types(self):
         return [{"name": USER_ID, "datatype": "BYTES", "shape": [-1]}]
+
+    def versions(self) -> list[str]:
+        """The model metadata's ``versions``: the model version the predictor answered the last request with (none
+        before the first answer). Not asked of the predictor: a metadata call makes no hop, so it answers while the
+        predictor is away; after a hot swap it shows the new version from the next answer on."""
+        return [self.answered_version] if self.answered_version else []
 
     def get_output_types(self):
         return [
@@ -283,13 +329,23 @@ def course_routes(app, model, errors) -> None:
     from fastapi.responses import JSONResponse
     from kserve.protocol.infer_type import InferInput, InferRequest
 
+    from pipelines.errors import InvalidInput as PipelineInvalidInput
+    from pipelines.online import OnlineStoreUnavailable
+
     missing_features, batch_too_large, predictor_failed = errors
 
     async def health():
         return {"status": "ok", "model": model.name}
 
     async def features(user_id: str):
-        result = model.features.lookup([user_id])
+        if not user_id.strip():
+            return JSONResponse({"error": f"user_id {user_id!r} is not a user id"}, status_code=400)
+        try:
+            result = await asyncio.to_thread(model.features.lookup, [user_id])
+        except OnlineStoreUnavailable as err:
+            raise FeaturesUnavailable(str(err)) from None
+        except PipelineInvalidInput as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
         body = {
             "user_id": user_id,
             "features": {n: result.columns[n][0] for n in model.features.names},
@@ -314,6 +370,8 @@ def course_routes(app, model, errors) -> None:
                 {"error": f"Missing features for user_id={user_id}", "missing_features": err.missing[user_id]},
                 status_code=422,
             )
+        except InvalidInput as err:  # the id itself (a lone surrogate): answered here, without KServe's traceback
+            return JSONResponse({"error": str(err)}, status_code=400)
         return {
             "user_id": user_id,
             "prediction": int(response.get_output_by_name("churn_label").data[0]),
