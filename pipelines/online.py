@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -55,19 +55,35 @@ def _utc(moment: datetime) -> datetime:
 
 
 def feast_env(settings: Settings) -> dict[str, str]:
-    """Environment variables the Feast repo reads (definitions and ``${VAR}`` in feature_store*.yaml)."""
+    """Environment variables the Feast repo reads (definitions and ``${VAR}`` in feature_store*.yaml).
+
+    In Postgres mode the URL is parsed once (SQLAlchemy's ``make_url``: credentials percent-decoded) and the
+    registry URL is built again with quoting (``URL.create``), so a password holding ``@ : / # %`` survives.
+    """
     env = {"STREAMFLOW_HOME": str(settings.home.resolve()), "STREAMFLOW_DB_URL": settings.db_url or ""}
     if settings.is_postgres:
-        url = urlsplit(settings.database_url)
-        query = parse_qs(url.query)
+        from sqlalchemy.engine import URL, make_url
+
+        url = make_url(settings.database_url)
+        sslmode = str(url.query.get("sslmode") or settings.db_sslmode)
         env.update(
-            STREAMFLOW_PG_HOST=url.hostname or "localhost",
+            STREAMFLOW_PG_HOST=url.host or "localhost",
             STREAMFLOW_PG_PORT=str(url.port or 5432),
-            STREAMFLOW_PG_DB=url.path.lstrip("/") or "postgres",
-            STREAMFLOW_PG_USER=unquote(url.username or ""),
-            STREAMFLOW_PG_PASSWORD=unquote(url.password or ""),
-            STREAMFLOW_PG_SSLMODE=query.get("sslmode", [settings.db_sslmode])[0],
+            STREAMFLOW_PG_DB=url.database or "postgres",
+            STREAMFLOW_PG_USER=url.username or "",
+            STREAMFLOW_PG_PASSWORD=url.password or "",
+            STREAMFLOW_PG_SSLMODE=sslmode,
         )
+        registry = URL.create(
+            "postgresql+psycopg",
+            username=url.username,
+            password=url.password,
+            host=url.host or "localhost",
+            port=url.port or 5432,
+            database=url.database or "postgres",
+            query={"sslmode": sslmode},
+        )
+        env["STREAMFLOW_PG_REGISTRY_URL"] = registry.render_as_string(hide_password=False)
     return env
 
 
@@ -79,13 +95,43 @@ def _yaml_file(settings: Settings) -> Path:
     return path
 
 
+_VAR = re.compile(r"\$\{(\w+)\}")
+
+
+def _expand(value: Any, env: dict[str, str]) -> Any:
+    """``${VAR}`` replaced inside every string of the parsed YAML (never in its text: a value cannot break it)."""
+    if isinstance(value, dict):
+        return {key: _expand(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(item, env) for item in value]
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: env.get(m[1], os.environ.get(m[1], m[0])), value)
+    return value
+
+
+def repo_config(settings: Settings):
+    """Feast's RepoConfig of the settings' storage mode: the feature_store*.yaml parsed first, then its ``${VAR}``
+    filled in from :func:`feast_env` (Feast's own loader substitutes into the YAML text, where a password with
+    ``#``, ``: `` or a leading ``@`` would change the document)."""
+    import yaml
+    from feast.repo_config import RepoConfig
+
+    path = _yaml_file(settings)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise StreamflowError(f"Feast repo config {path}: expected a YAML mapping")
+    config = RepoConfig(**_expand(raw, feast_env(settings)))
+    config.repo_path = settings.feature_repo
+    return config
+
+
 def open_store(settings: Settings):
     """One FeatureStore for the settings' storage mode (reuse it: opening one reads the registry)."""
     from feast import FeatureStore
 
-    os.environ.update(feast_env(settings))
+    os.environ.update(feast_env(settings))  # the repo's definitions read them when `features apply` imports it
     (settings.home / "feast").mkdir(parents=True, exist_ok=True)
-    return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=_yaml_file(settings))
+    return FeatureStore(repo_path=str(settings.feature_repo), config=repo_config(settings))
 
 
 def feature_names(service) -> list[str]:
