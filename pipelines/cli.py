@@ -522,6 +522,11 @@ def promote(
 def _gate_line(result: Any) -> str:
     if result.decision == "rolled_back":
         return f"rolled back: production is version {result.production_version} again (was {result.champion_version})"
+    reason = getattr(result, "reason", None)  # the gate's own words (gate.reason), absent on older versions
+    if reason:
+        return f"gate {result.decision.upper()}: challenger v{result.challenger_version}: {reason}; " + (
+            f"production = v{result.production_version}"
+        )
     champion = "none" if result.champion_auc is None else f"{result.champion_auc:.4f} (v{result.champion_version})"
     return (
         f"gate {result.decision.upper()}: challenger v{result.challenger_version} AUC {result.challenger_auc:.4f} vs "

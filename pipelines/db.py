@@ -27,6 +27,7 @@ from pipelines.errors import StreamflowError, redact, redact_url, url_secrets  #
 from pipelines.tables import (
     INGESTIONS_DDL,
     MONTHLY_RUNS_DDL,
+    ONLINE_USERS_DDL,
     QUARANTINE_DDL,
     RAW_TABLES,
     SNAPSHOT_RUNS_DDL,
@@ -101,6 +102,22 @@ class Database(ABC):
         frame = self.query("SELECT as_of FROM monthly_runs WHERE NOT finished ORDER BY as_of")
         return [_as_date(v) for v in frame["as_of"]]
 
+    def snapshot_user_ids(self, as_of: date) -> pd.Index:
+        """The users of ``as_of``'s snapshot (every snapshot table of one as_of holds the same users)."""
+        return pd.Index(self.read_snapshot(SNAPSHOTS[0], as_of)["user_id"].astype(str))
+
+    def online_users(self, as_of: date) -> pd.Index:
+        """The users :meth:`record_online_users` recorded for ``as_of`` (empty for any other as_of)."""
+        return pd.Index(self.query("SELECT user_id FROM online_users WHERE as_of = ?", (as_of,))["user_id"].astype(str))
+
+    def record_online_users(self, as_of: date, user_ids: pd.Index) -> None:
+        """The users materialization wrote for ``as_of``, replacing whatever an earlier as_of left."""
+        with self.transaction():
+            self._execute("DELETE FROM online_users")
+            if len(user_ids):
+                frame = pd.DataFrame({"user_id": list(user_ids), "as_of": as_of})
+                self._insert_frame("online_users", ("user_id", "as_of"), frame)
+
     def replace_month(self, table: Table, as_of: date, frame: pd.DataFrame) -> None:
         """Write one month of one table: the month's previous rows are replaced (upsert + removal of stale keys)."""
         if table.per_month:
@@ -141,6 +158,7 @@ class Database(ABC):
         self._execute(INGESTIONS_DDL)
         self._execute(SNAPSHOT_RUNS_DDL)
         self._execute(MONTHLY_RUNS_DDL)
+        self._execute(ONLINE_USERS_DDL)
         if snapshot_tables:
             for snap in SNAPSHOTS:
                 self._execute(snapshot_ddl(snap))
@@ -296,7 +314,6 @@ class PostgresDatabase(Database):
     def __init__(self, url: str) -> None:
         self._con = open_postgres(url)
         self._con.autocommit = True
-        self._in_tx = False
 
     def ensure_schema(self) -> None:
         self._create_all(snapshot_tables=True)
@@ -304,7 +321,6 @@ class PostgresDatabase(Database):
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self._con.autocommit = False
-        self._in_tx = True
         try:
             yield
         except BaseException:
@@ -313,7 +329,6 @@ class PostgresDatabase(Database):
         else:
             self._con.commit()
         finally:
-            self._in_tx = False
             self._con.autocommit = True
 
     @staticmethod

@@ -103,9 +103,15 @@ class MaterializeResult:
     as_of: date
     feature_views: list[str]
     skipped: str | None = None
+    dropped_users: int = 0  # users of an earlier materialization of this as_of its snapshot no longer holds: blanked
 
     def to_json(self) -> dict[str, Any]:
-        return {"as_of": self.as_of.isoformat(), "feature_views": self.feature_views, "skipped": self.skipped}
+        return {
+            "as_of": self.as_of.isoformat(),
+            "feature_views": self.feature_views,
+            "skipped": self.skipped,
+            "dropped_users": self.dropped_users,
+        }
 
 
 def materialize(settings: Settings, db: Database, as_of: date, store=None) -> MaterializeResult:
@@ -113,7 +119,8 @@ def materialize(settings: Settings, db: Database, as_of: date, store=None) -> Ma
 
     Incremental and idempotent: the window is exactly that snapshot; materializing it again writes the same
     values; an as_of older than what the online store already holds is skipped, so the online store never goes
-    back in time.
+    back in time. Users an earlier materialization of the same as_of wrote and its snapshot no longer holds (a
+    corrected re-ingest dropped them) get blank rows: they read as missing, like unknown users.
 
     Raises:
         NotFound: the snapshot does not exist, or the repo was never applied.
@@ -134,7 +141,25 @@ def materialize(settings: Settings, db: Database, as_of: date, store=None) -> Ma
     with redirect_stdout(sys.stderr), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"dask\.")
         store.materialize(start_date=start, end_date=end, feature_views=[v.name for v in views])
-    return MaterializeResult(as_of, [v.name for v in views])
+    current = db.snapshot_user_ids(as_of)
+    dropped = db.online_users(as_of).difference(current)
+    if len(dropped):
+        _blank_rows(store, views, dropped, start)
+    db.record_online_users(as_of, current)  # last: a run that dies before it blanks the same users again
+    return MaterializeResult(as_of, [v.name for v in views], dropped_users=len(dropped))
+
+
+def _blank_rows(store, views, user_ids: pd.Index, stamp: datetime) -> None:
+    """Overwrite the online rows of ``user_ids`` with NULL features stamped ``stamp``: the online store has no
+    per-key delete, and a row as new as the month's cannot be told stale by its timestamp, so these users (dropped
+    from the month by a corrected re-ingest) read as missing rows, like unknown users."""
+    provider = store._get_provider()  # write_to_online_store refuses all-NULL rows; its provider writes them as is
+    for view in views:
+        frame = pd.DataFrame({key: list(user_ids) for key in view.join_keys})
+        frame[view.batch_source.timestamp_field] = stamp
+        for feature in view.features:
+            frame[feature.name] = pd.Series([None] * len(user_ids), dtype=object)
+        provider.ingest_df(view, frame)
 
 
 # ------------------------------------------------------------------------------------------------ training set

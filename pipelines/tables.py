@@ -133,7 +133,6 @@ LABELS = Table("labels", (_USER_ID, Column("churn_label", Kind.BOOL)))
 
 # Ingestion order matters: children are checked against the users loaded before them.
 RAW_TABLES: tuple[Table, ...] = (USERS, SUBSCRIPTIONS, USAGE, PAYMENTS, SUPPORT, LABELS)
-RAW_BY_NAME = {t.name: t for t in RAW_TABLES}
 
 
 @dataclass(frozen=True)
@@ -228,4 +227,12 @@ MONTHLY_RUNS_DDL = """CREATE TABLE IF NOT EXISTS monthly_runs (
 SNAPSHOT_RUNS_DDL = """CREATE TABLE IF NOT EXISTS snapshot_runs (
   as_of DATE PRIMARY KEY,
   rows INTEGER NOT NULL
+)"""
+
+# the users whose rows the online store holds for the newest as_of `materialize` wrote (one as_of at a time): when a
+# corrected re-ingest of that month drops a user, the next materialization of it finds them here and blanks their
+# rows (a stamp as new as the month's cannot be told stale by its timestamp)
+ONLINE_USERS_DDL = """CREATE TABLE IF NOT EXISTS online_users (
+  user_id TEXT NOT NULL,
+  as_of DATE NOT NULL
 )"""

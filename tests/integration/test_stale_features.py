@@ -218,3 +218,46 @@ def test_transformer_refuses_a_stale_user_after_a_materialization_done_while_it_
             stop_group(proc)
     finally:
         db.close()
+
+
+# ------------------------------------------------------------------------------------------------ corrected month
+
+
+def _without(month: Path, out: Path, dropped: set[str]) -> Path:
+    """A copy of a month folder whose six CSV files no longer hold ``dropped`` (a corrected delivery)."""
+    import pandas as pd
+
+    out.mkdir(parents=True)
+    for csv in month.glob("*.csv"):
+        frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        frame[~frame["user_id"].isin(dropped)].to_csv(out / csv.name, index=False)
+    return out
+
+
+def test_a_user_dropped_by_a_corrected_reingest_of_the_newest_month_is_missing(
+    applied, months_dir: Path, tmp_path: Path
+) -> None:
+    """Same as_of, so the dropped users' rows carry the newest stamp: materialize must blank them itself."""
+    settings, db = applied
+    materialize(settings, db, JAN)
+    first = materialize(settings, db, FEB)
+    assert first.dropped_users == 0
+    _, stayed = churned_and_stayed(db)
+    dropped, kept = set(stayed[:3]), stayed[3]
+    lookup = OnlineFeatures(settings)
+    assert lookup.lookup([*sorted(dropped), kept]).missing == {}  # served before the correction
+
+    corrected = _without(months_dir / "month_001", tmp_path / "month_001", dropped)
+    ingest_month(db, settings, corrected, FEB)
+    take_snapshot(db, FEB)
+    assert dropped.isdisjoint(users(db, FEB)) and kept in users(db, FEB)
+    again = materialize(settings, db, FEB)
+    assert again.dropped_users == len(dropped)
+
+    every = list(lookup.names)
+    fresh = OnlineFeatures(settings)
+    result = fresh.lookup([*sorted(dropped), kept])
+    assert result.missing == {u: every for u in sorted(dropped)}  # every feature of each dropped user, nobody else
+    assert all(result.columns[name][3] is not None for name in ("monthly_fee", "months_active"))
+    assert materialize(settings, db, FEB).dropped_users == 0  # idempotent: nothing left to blank
+    assert fresh.lookup(sorted(dropped)).missing == {u: every for u in sorted(dropped)}
