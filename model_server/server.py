@@ -410,6 +410,13 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
     from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
     host = args.host
+    # What each override of KServe's start-up buys (everything else is KServe's own code path):
+    # - _RESTServer / _GRPCServer: the listen address (KServe 0.21 binds 0.0.0.0 and [::] in code: a pod needs it, a
+    #   laptop must not); the per-request timing middleware off (~0.3 ms a request); the repository API refused.
+    # - _DataPlane: readiness false without a loaded model; metadata with the served version.
+    # - _Interceptor / _Servicer: gRPC statuses KServe gets wrong (UNKNOWN + traceback for not-ready), repository off.
+    # - _ModelServer.start: starts with a model that is not ready yet (KServe refuses to), and runs the loop under
+    #   uvloop as uvicorn's "auto" means (measured side by side: c=1 p50 6.7 → 5.5 ms, commit 1370754).
 
     class _RESTServer(RESTServer):
         def __init__(self, *a, **kw) -> None:
