@@ -421,6 +421,35 @@ def connect(settings: Settings) -> Database:
         url = settings.database_url
         if not url.startswith("duckdb:///"):
             raise StreamflowError(f"STREAMFLOW_DB_URL {redact_url(url)!r}: expected postgresql://… or duckdb:///path")
-        db = DuckDBDatabase(Path(url.removeprefix("duckdb:///")), settings.snapshot_dir)
+        db = _open_duckdb(settings, Path(url.removeprefix("duckdb:///")))
     db.ensure_schema()
     return db
+
+
+def _open_duckdb(settings: Settings, path: Path) -> DuckDBDatabase:
+    """The embedded database; a clear StateLocked naming the run that has it open, instead of DuckDB's lock error.
+
+    DuckDB lets one process at a time open the file (read-only openers included), so while a state-changing run
+    holds it even ``status`` must wait: it is told who holds it, as a second run is (Postgres mode reads during a run).
+    """
+    import duckdb
+
+    from pipelines.errors import StateLocked
+
+    try:
+        return DuckDBDatabase(path, settings.snapshot_dir)
+    except duckdb.IOException as err:
+        if "lock" not in str(err).lower():
+            raise
+        from pipelines.lock import LOCK_FILE, UNKNOWN, FileLock
+
+        lock = FileLock(settings.home / LOCK_FILE)
+        try:
+            holder = lock.current_holder()
+        finally:
+            lock.close()
+        who = UNKNOWN if holder is None else holder.describe()
+        raise StateLocked(
+            f"the embedded database {path} is open in another streamflow run: {who}; retry when it ends "
+            "(Postgres mode can be read during a run)"
+        ) from None

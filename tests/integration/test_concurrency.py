@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import threading
 from collections import Counter
 from datetime import date
@@ -163,3 +164,33 @@ def test_two_monthly_at_once_one_runs_the_other_refuses_and_wait_reuses_the_vers
     versions = registered_versions(state)
     per_training_set = Counter(v.tags.get("training_set_sha256") for v in versions)
     assert len(versions) == 1 and set(per_training_set.values()) == {1}, per_training_set
+
+
+@pytest.mark.timeout(180)
+def test_status_during_an_embedded_run_names_the_run_instead_of_duckdbs_lock_error(tmp_path: Path) -> None:
+    """DuckDB lets one process open its file at a time: while a run holds it, `status` gets one message naming the
+    run (exit 75, as a refused run), not DuckDB's `IOException: Could not set lock on file` traceback."""
+    settings = Settings(home=tmp_path / "home", db_url=None)
+    holding = subprocess.Popen(  # a run: the state lock, then the database open, until told to stop
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pipelines.config import Settings; from pipelines.db import connect; "
+            "from pipelines.lock import state_lock\n"
+            f"s = Settings(home={str(settings.home)!r}, db_url=None)\n"
+            "with state_lock(s, 'monthly'):\n"
+            "    db = connect(s); print('held', flush=True); sys.stdin.readline(); db.close()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holding.stdout.readline().strip() == "held"
+        refused = assert_one_message(cli(settings, "status", "--json"), 75)
+        holder = HOLDER.format(pid=holding.pid, host=socket.gethostname(), command="monthly")
+        assert refused["error"].startswith("the embedded database "), refused["error"]
+        assert holder in refused["error"] and "retry when it ends" in refused["error"], refused["error"]
+    finally:
+        holding.communicate("\n", timeout=60)
+    assert one_json(cli(settings, "status", "--json"))["months"] == []  # the run ended: status reads again
