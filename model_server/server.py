@@ -399,7 +399,7 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
     from grpc import StatusCode
     from kserve import ModelServer
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-    from kserve.errors import ModelNotReady, ServerNotReady
+    from kserve.errors import InvalidInput, ModelNotReady, ServerNotReady
     from kserve.model_server import app
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.grpc import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
@@ -436,6 +436,7 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
             super()._add_exception_handlers(app)
             for error in (ModelNotReady, ServerNotReady):  # the same 503, without a traceback per probe
                 app.add_exception_handler(error, _not_ready)
+            app.add_exception_handler(InvalidInput, _bad_request)  # the same 400, without a traceback per bad request
 
     class _DataPlane(DataPlane):
         async def ready(self) -> bool:
@@ -572,6 +573,15 @@ def run_server(args: argparse.Namespace, model, predictor_config=None, app_hooks
     gc.collect()
     gc.freeze()
     server.start([model])
+
+
+async def _bad_request(_request, exc):
+    """KServe's 400 for a refused request (same body), logged as one line: the client's mistake is not a server
+    error, and KServe's handler logs a traceback at ERROR for each one."""
+    from fastapi.responses import JSONResponse
+
+    log.info("refused request: %s", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+    return JSONResponse(status_code=400, content={"error": str(exc)})
 
 
 async def _not_ready(_request, exc):

@@ -336,6 +336,29 @@ def test_bad_requests_are_400_with_a_clear_message(stack: Stack, body, message: 
     assert message in answer["error"]
 
 
+def test_a_refused_request_is_not_logged_as_a_server_error(stack: Stack) -> None:
+    """KServe's 400 handler logs a traceback at ERROR for every refused request: a client's mistake must not fill
+    the servers' logs with tracebacks (nor page anyone watching for errors)."""
+    sent = {
+        "transformer": v2([1], datatype="INT64"),
+        "predictor": {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}]},
+    }
+    for name, body in sent.items():
+        log = stack.logs / f"{name}.log"
+        before = log.stat().st_size
+        base = stack.transformer if name == "transformer" else stack.predictor
+        for _ in range(3):  # over the FastAPI route too (binary header) and the lean JSON path
+            data = json.dumps(body).encode()
+            assert post(f"{base}/v2/models/{MODEL}/infer", data, {"Content-Type": "application/json"})[0] == 400
+            header = {"Content-Type": "application/json", "Inference-Header-Content-Length": str(len(data))}
+            assert post(f"{base}/v2/models/{MODEL}/infer", data, header)[0] == 400
+        time.sleep(0.2)
+        with log.open() as handle:
+            handle.seek(before)
+            added = handle.read()
+        assert "Traceback" not in added and "ERROR" not in added, f"{name} logged:\n{added[:3000]}"
+
+
 def test_oversized_batches_are_413(stack: Stack) -> None:
     ids = [stack.feb.index[0]] * (MAX_BATCH + 1)
     status, body = infer(stack, ids)
