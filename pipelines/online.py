@@ -10,6 +10,7 @@ they name (derived from the settings) before opening the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -237,6 +238,11 @@ class OnlineFeatures:
         self._registry_error: str | None = None
         self._checking = threading.Lock()  # held while a registry check runs: one at a time
         self._store_error: str | None = None  # the last online store failure logged (once per distinct one)
+        # Feast's SQLite store reads through one connection, shared by the threads lookups run in: SQLite serialises
+        # those reads anyway, and its error text is per connection (a concurrent read's "not an error" replaced
+        # "database is locked"), so reads take turns; Postgres reads go through a pool and need no turn.
+        sqlite = getattr(self.store.config.online_store, "type", "") == "sqlite"
+        self._turn = threading.Lock() if sqlite else contextlib.nullcontext()
         self._next_check = time.monotonic() + REGISTRY_CHECK_SECONDS
         self.refresh_as_of()
 
@@ -306,9 +312,10 @@ class OnlineFeatures:
         newest = self._current_as_of()
         for view, names in self._views:
             try:
-                rows = self._provider.online_read(
-                    config=self.store.config, table=view, entity_keys=keys, requested_features=names
-                )
+                with self._turn:
+                    rows = self._provider.online_read(
+                        config=self.store.config, table=view, entity_keys=keys, requested_features=names
+                    )
             except Exception as err:
                 if not _store_unreadable(err):
                     raise
