@@ -47,6 +47,7 @@ from model_server.server import (
     run_server,
 )
 from pipelines.config import Settings
+from pipelines.online import StoreBusy
 
 log = logging.getLogger("streamflow.transformer")
 
@@ -123,6 +124,16 @@ class PredictorHop:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+# Most ids a request may have for its features to be read on the event loop (when the store reads without waiting)
+ON_LOOP_MAX_IDS = 64
+
+
+def _rows(payload) -> int:
+    """The number of ids a v2 request carries (0 when it is not one: its checks refuse it on the loop)."""
+    inputs = getattr(payload, "inputs", None) or []
+    return max((int(i.shape[0]) for i in inputs if getattr(i, "shape", None)), default=0)
 
 
 class HopError(RuntimeError):
@@ -219,17 +230,18 @@ class FeastTransformer(Model):
             ids.append(value)
         return ids
 
-    def lookup(self, ids: list[str]):
-        """The users' features (blocking: call it off the event loop).
+    def lookup(self, ids: list[str], wait: bool = True):
+        """The users' features (blocking unless ``wait`` is False: call it off the event loop).
 
         Raises:
             MissingFeatures: some user has a missing feature.
             FeaturesUnavailable: the online store could not be read.
+            StoreBusy: ``wait`` is False and the store is busy now.
         """
         from pipelines.online import OnlineStoreUnavailable
 
         try:
-            result = self.features.lookup(ids)
+            result = self.features.lookup(ids, wait=wait)
         except OnlineStoreUnavailable as err:
             raise FeaturesUnavailable(str(err)) from None
         if result.missing:
@@ -240,17 +252,24 @@ class FeastTransformer(Model):
         return result
 
     async def preprocess(self, payload, headers=None):
-        # the ids are checked and their features read off the event loop (a 10,000-id read takes ~0.2 s, a locked
-        # store seconds): readiness probes and other requests are answered meanwhile. The ids reach postprocess
-        # through this request's context, set here on the loop (a thread works on a copy of the context).
-        ids, request = await asyncio.to_thread(self._features_request, payload)
+        # Features are read off the event loop (a 10,000-id read takes ~0.2 s, a locked store seconds, a Postgres
+        # read a network round trip): readiness probes and other requests are answered meanwhile. A few ids from a
+        # local SQLite file (~0.4 ms) are read on the loop, never waiting: a thread hop there cost a third of the
+        # c=8 throughput (bench, same run); when the store is busy they go to a thread too. The ids reach
+        # postprocess through this request's context, set here on the loop (a thread works on a copy of it).
+        try:
+            if not (self.features.reads_without_waiting and _rows(payload) < ON_LOOP_MAX_IDS):
+                raise StoreBusy("a read that may wait")
+            ids, request = self._features_request(payload, wait=False)
+        except StoreBusy:
+            ids, request = await asyncio.to_thread(self._features_request, payload)
         _REQUEST_IDS.set(ids)
         return request
 
-    def _features_request(self, payload) -> tuple[list[str], InferRequest]:
+    def _features_request(self, payload, wait: bool = True) -> tuple[list[str], InferRequest]:
         """The request's user ids and the predictor's request holding their features."""
         ids = self.user_ids(payload)
-        result = self.lookup(ids)
+        result = self.lookup(ids, wait=wait)
         # two blocks instead of 14 tensors (model_server.churn_model: each tensor costs both servers)
         numbers = np.array([result.columns[n] for n in self.numbers], dtype=np.float64).T  # None → NaN
         texts = np.array([["" if v is None else v for v in result.columns[n]] for n in self.texts], dtype=object).T

@@ -10,7 +10,6 @@ they name (derived from the settings) before opening the store.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -34,6 +33,8 @@ APPLY_HINT = "run `streamflow features apply` first"
 
 # How often, at most, the online lookup asks the registry cache for newly materialized as_of (in a thread).
 REGISTRY_CHECK_SECONDS = 1.0
+# How long a lookup allowed to wait asks a locked SQLite online store again (SQLite's own default busy timeout).
+STORE_WAIT_SECONDS = 5.0
 
 
 def newest_materialized(view) -> datetime | None:
@@ -242,7 +243,13 @@ class OnlineFeatures:
         # those reads anyway, and its error text is per connection (a concurrent read's "not an error" replaced
         # "database is locked"), so reads take turns; Postgres reads go through a pool and need no turn.
         sqlite = getattr(self.store.config.online_store, "type", "") == "sqlite"
-        self._turn = threading.Lock() if sqlite else contextlib.nullcontext()
+        self._turn = threading.Lock() if sqlite else _NoTurn()
+        # A local file read costs CPU, not waiting: a caller may run a small lookup on its event loop (no thread hop)
+        # with ``wait=False``, which never waits for SQLite's lock. So the connection fails at once on a lock
+        # (busy_timeout 0) and :meth:`_read` does the waiting, up to STORE_WAIT_SECONDS, when it may wait.
+        self.reads_without_waiting = sqlite
+        if sqlite:
+            self._provider.online_store._get_conn(self.store.config).execute("PRAGMA busy_timeout = 0")
         self._next_check = time.monotonic() + REGISTRY_CHECK_SECONDS
         self.refresh_as_of()
 
@@ -290,12 +297,17 @@ class OnlineFeatures:
         finally:
             self._checking.release()
 
-    def lookup(self, user_ids: Sequence[str]) -> LookupResult:
+    def lookup(self, user_ids: Sequence[str], *, wait: bool = True) -> LookupResult:
         """Features of many users in one read per feature view; a row older than its view's newest materialized
         as_of is a missing row.
 
+        Args:
+            wait: False: never wait for the store (a caller on an event loop); a store busy now raises StoreBusy.
+
         Raises:
             InvalidInput: the list is empty or holds something that is not a non-empty string.
+            StoreBusy: ``wait`` is False and the store (or another lookup's read) is busy: ask again with wait.
+            OnlineStoreUnavailable: the store could not be read (locked past STORE_WAIT_SECONDS, unreachable).
         """
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
@@ -311,16 +323,7 @@ class OnlineFeatures:
         values: dict[str, list[Any]] = {name: [None] * len(unique) for name in self.names}
         newest = self._current_as_of()
         for view, names in self._views:
-            try:
-                with self._turn:
-                    rows = self._provider.online_read(
-                        config=self.store.config, table=view, entity_keys=keys, requested_features=names
-                    )
-            except Exception as err:
-                if not _store_unreadable(err):
-                    raise
-                raise self._unavailable(view.name, err) from None
-            self._store_error = None
+            rows = self._read(view, keys, names, wait)
             oldest_valid = newest.get(view.name)
             for i, (stamp, found) in enumerate(rows):
                 if not found or (oldest_valid is not None and _stale(stamp, oldest_valid)):
@@ -344,6 +347,30 @@ class OnlineFeatures:
             values = {name: [column[i] for i in order] for name, column in values.items()}
         return LookupResult(ids, values, missing)
 
+    def _read(self, view, keys, names: list[str], wait: bool):
+        """One ``online_read`` of ``view``; a locked SQLite store is asked again until STORE_WAIT_SECONDS."""
+        deadline = time.monotonic() + STORE_WAIT_SECONDS
+        while True:
+            if not self._turn.acquire(blocking=wait):
+                raise StoreBusy("another lookup is reading the online store")
+            try:
+                rows = self._provider.online_read(
+                    config=self.store.config, table=view, entity_keys=keys, requested_features=names
+                )
+            except Exception as err:
+                if not _store_unreadable(err):
+                    raise
+                if _locked(err) and not wait:
+                    raise StoreBusy(str(err)) from None
+                if not (_locked(err) and time.monotonic() < deadline):
+                    raise self._unavailable(view.name, err) from None
+            else:
+                self._store_error = None
+                return rows
+            finally:
+                self._turn.release()
+            time.sleep(0.02)  # locked: a writer (a materialization) holds the file; ask again shortly
+
     def _unavailable(self, view: str, err: Exception) -> OnlineStoreUnavailable:
         """The error a failed online read is answered with: the store's own reason (first line, credentials
         hidden), no exception class; logged once per distinct reason."""
@@ -356,6 +383,27 @@ class OnlineFeatures:
             self._store_error = message
             log.warning("online lookup of %s: %s", view, message)
         return OnlineStoreUnavailable(message)
+
+
+class _NoTurn:
+    """A lock that never makes anyone wait (stores that serve concurrent reads themselves)."""
+
+    def acquire(self, blocking: bool = True) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+class StoreBusy(Exception):
+    """The store is busy right now and the caller asked not to wait (not an error: ask again, allowed to wait)."""
+
+
+def _locked(err: BaseException) -> bool:
+    """SQLite's "database is locked" / "database table is locked": a writer holds the file for now."""
+    import sqlite3
+
+    return isinstance(err, sqlite3.OperationalError) and "locked" in str(err)
 
 
 class OnlineStoreUnavailable(StreamflowError):

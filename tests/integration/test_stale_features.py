@@ -261,3 +261,35 @@ def test_a_user_dropped_by_a_corrected_reingest_of_the_newest_month_is_missing(
     assert all(result.columns[name][3] is not None for name in ("monthly_fee", "months_active"))
     assert materialize(settings, db, FEB).dropped_users == 0  # idempotent: nothing left to blank
     assert fresh.lookup(sorted(dropped)).missing == {u: every for u in sorted(dropped)}
+
+
+def test_a_lookup_that_may_not_wait_says_busy_and_one_that_may_waits_for_the_writer(applied) -> None:
+    """The transformer reads a few ids on its event loop with ``wait=False``: a locked SQLite store must answer
+    StoreBusy at once (the request then goes to a thread), and a lookup allowed to wait gets the rows once the
+    writer lets go. Postgres reads are network round trips: never on the loop."""
+    import sqlite3
+
+    from pipelines.online import StoreBusy
+
+    settings, db = applied
+    materialize(settings, db, JAN)
+    lookup = OnlineFeatures(settings)
+    if settings.is_postgres:
+        assert lookup.reads_without_waiting is False
+        return
+    user = sorted(users(db, JAN))[0]
+    writer = sqlite3.connect(settings.home / "feast" / "online_store.db", timeout=30, check_same_thread=False)
+    writer.execute("BEGIN EXCLUSIVE")  # a writer holds the file, as a materialization does
+    released = threading.Timer(1.0, writer.rollback)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreBusy):
+            lookup.lookup([user], wait=False)
+        assert time.monotonic() - started < 0.5  # at once, not after SQLite's busy timeout
+        released.start()
+        result = lookup.lookup([user])  # waits for the writer, then reads
+        assert result.missing == {} and time.monotonic() - started >= 0.9
+    finally:
+        released.cancel()
+        released.join()
+        writer.close()
