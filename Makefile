@@ -9,7 +9,7 @@ UV_VERSION ?= 0.13.9
 export STREAMFLOW_HOME ?= .streamflow
 
 .PHONY: setup demo serve test test-fast bench lint clean help
-.PHONY: kind-up images deploy bootstrap upload-month port-forward e2e kind-down
+.PHONY: lock kind-up images base-image deploy bootstrap upload-month port-forward e2e kind-down
 
 help:
 	@echo "make demo   - run the loop on the embedded default (state in $$STREAMFLOW_HOME)"
@@ -20,6 +20,7 @@ help:
 	@echo "Kubernetes (kind; versions pinned in manifests/versions.env):"
 	@echo "make kind-up        - kind cluster $(KIND_CLUSTER) + cert-manager, KServe, Argo Workflows, Prometheus/Grafana"
 	@echo "make images         - build streamflow:<appVersion of charts/streamflow> and load it into kind"
+	@echo "make base-image     - a Debian bookworm base for images where python:3.11-slim-bookworm cannot be pulled"
 	@echo "make deploy         - helm upgrade --install $(RELEASE) charts/streamflow -n $(NAMESPACE) (no wait)"
 	@echo "make bootstrap      - run the streamflow-bootstrap workflow (first model) and wait for it"
 	@echo "make upload-month DIR=path/to/month_NNN - copy a month folder into the data PVC"
@@ -55,9 +56,11 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check pipelines model_server tests bench
 
-# Regenerate the lock file after changing dependencies in pyproject.toml.
+# Regenerate the lock files after changing dependencies in pyproject.toml: requirements.lock (everything, dev tools
+# included: the venv) and requirements-runtime.lock (what the image installs: the same pins without the dev extra).
 lock:
 	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(PYTHON) -m uv pip compile pyproject.toml --python-version 3.11 -c requirements.lock -o requirements-runtime.lock
 
 clean:
 	rm -rf $(STREAMFLOW_HOME) .pytest_cache
@@ -80,6 +83,10 @@ kind-up:
 
 images:
 	$(K8S) images
+
+# The Debian bookworm base `make images` builds FROM when python:3.11-slim-bookworm cannot be pulled (root, debootstrap)
+base-image:
+	$(K8S) base-image
 
 deploy:
 	$(K8S) deploy

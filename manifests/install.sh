@@ -5,6 +5,7 @@
 #                                                       kube-prometheus-stack) + the streamflow namespace
 #   manifests/install.sh [--dry-run] deploy             helm upgrade --install of charts/streamflow (no --wait)
 #   manifests/install.sh [--dry-run] images             docker build of the project image, kind load into the cluster
+#   manifests/install.sh [--dry-run] base-image         a local Debian base image where the official one cannot be pulled
 #   manifests/install.sh [--dry-run] bootstrap          submit the streamflow-bootstrap workflow and wait for it
 #   manifests/install.sh [--dry-run] upload-month DIR   copy a month_NNN folder into the data PVC
 #   manifests/install.sh [--dry-run] port-forward       the InferenceGraph on localhost:8080
@@ -72,6 +73,7 @@ kubectl_() { run kubectl --context "$KUBE_CONTEXT" "$@"; }
 hint() {
     case $1 in
         docker) printf 'https://docs.docker.com/engine/install/ (Debian: apt-get install docker.io), then start it' ;;
+        debootstrap) printf 'apt-get install debootstrap (as root)' ;;
         kind) printf 'go install sigs.k8s.io/kind@%s or %s' "$KIND_VERSION" \
             https://kind.sigs.k8s.io/docs/user/quick-start/#installation ;;
         helm) printf 'helm %s or newer: https://helm.sh/docs/intro/install/' "$HELM_MIN_VERSION" ;;
@@ -192,18 +194,73 @@ cmd_deploy() {
     tell "deployed. Next: make bootstrap (the predictors stay not ready until it has promoted a model)"
 }
 
+# has_image IMAGE: the engine holds IMAGE already.
+has_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# The base the project image builds FROM: BASE_IMAGE (the official python image) when the engine has it or can pull
+# it, else the local Debian base `base-image` makes (said so). Prints the image name on stdout.
+pick_base() {
+    if dry || has_image "$BASE_IMAGE"; then printf '%s' "$BASE_IMAGE"; return; fi
+    if docker pull -q "$BASE_IMAGE" >/dev/null 2>&1; then printf '%s' "$BASE_IMAGE"; return; fi
+    say "cannot pull $BASE_IMAGE (no registry reachable): building FROM $LOCAL_BASE_IMAGE," \
+        "a Debian $DEBIAN_SUITE base made here from Debian's packages"
+    has_image "$LOCAL_BASE_IMAGE" || cmd_base_image >&2
+    printf '%s' "$LOCAL_BASE_IMAGE"
+}
+
+# The local stand-in for the official base where nothing can be pulled: Debian's own packages (debootstrap
+# --variant=minbase, the content of debian:bookworm-slim) plus python3 3.11, python3-venv and ca-certificates,
+# imported as LOCAL_BASE_IMAGE. Needs root (debootstrap) and an apt mirror; about a minute, ~170 MB.
+cmd_base_image() {
+    need docker debootstrap
+    local root
+    root=$(dry && printf '%s' /tmp/streamflow-base.XXXXXX || mktemp -d /tmp/streamflow-base.XXXXXX)
+    # expanded now on purpose: $root is local to this function
+    # shellcheck disable=SC2064
+    dry || trap "rm -rf '$root'" EXIT
+    run debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$DEBIAN_SUITE" \
+        "$root" "$DEBIAN_MIRROR"
+    # no package cache, lists or logs in the image (apt-get update inside a build fetches the lists again)
+    run find "$root/var/cache/apt" "$root/var/lib/apt/lists" "$root/var/log" -type f -delete
+    if dry; then
+        printf 'tar -C %s -c . | docker import - %s\n' "$root" "$LOCAL_BASE_IMAGE"
+    else
+        say "+ tar -C $root -c . | docker import - $LOCAL_BASE_IMAGE"
+        tar --numeric-owner -C "$root" -c . | docker import \
+            --change 'ENV LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+            --change 'CMD ["bash"]' - "$LOCAL_BASE_IMAGE" >/dev/null
+        rm -rf "$root"
+        trap - EXIT
+    fi
+    tell "made $LOCAL_BASE_IMAGE from Debian $DEBIAN_SUITE packages ($DEBIAN_MIRROR)"
+}
+
+# The build reaches the package index with the CA bundle SSL_CERT_FILE names, when set (a proxy that re-signs TLS):
+# passed as an optional build input (.build-ca.pem in the context, read by the builder stage only), never part of
+# the final image.
 cmd_images() {
-    [[ -f Dockerfile ]] ||
-        die "no Dockerfile yet: the project image comes with the container issue, so there is nothing to build"
     need docker
-    local image
+    local image base ca=.build-ca.pem
     image="$IMAGE_REPOSITORY:$(app_version)"
-    run docker build -t "$image" .
+    base=$(pick_base)
+    if [[ -n ${SSL_CERT_FILE:-} && -f ${SSL_CERT_FILE:-} ]]; then
+        run cp "$SSL_CERT_FILE" "$ca"
+        dry || trap "rm -f '$ca'" EXIT
+    fi
+    run docker build --build-arg BASE_IMAGE="$base" --build-arg GIT_COMMIT="$(git_commit)" -t "$image" .
     if dry || { command -v kind >/dev/null 2>&1 && cluster_exists; }; then
         run kind load docker-image "$image" --name "$KIND_CLUSTER"
     else
         say "no kind cluster $KIND_CLUSTER: $image is built but not loaded (make kind-up, then make images)"
     fi
+}
+
+# The checkout's commit for the image's lineage (with -dirty when the tree has changes), or "unknown".
+git_commit() {
+    local commit
+    commit=$(git rev-parse HEAD 2>/dev/null) || { printf unknown; return; }
+    git diff --quiet HEAD 2>/dev/null || commit="$commit-dirty"
+    printf '%s' "$commit"
 }
 
 cmd_bootstrap() {
@@ -315,8 +372,8 @@ set -- "${args[@]+"${args[@]}"}"
 command=${1:-}
 (($#)) && shift
 case $command in
-    up | deploy | images | bootstrap | port-forward) "cmd_${command//-/_}" ;;
+    up | deploy | images | base-image | bootstrap | port-forward) "cmd_${command//-/_}" ;;
     upload-month) cmd_upload_month "$@" ;;
     need) DRY_RUN=0 need "$@" ;;
-    *) die "usage: manifests/install.sh [--dry-run] up|deploy|images|bootstrap|port-forward|upload-month DIR|need TOOL" ;;
+    *) die "usage: manifests/install.sh [--dry-run] up|deploy|images|base-image|bootstrap|port-forward|upload-month DIR|need TOOL" ;;
 esac

@@ -146,7 +146,9 @@ def test_every_version_comes_from_the_pin_file(up: str, commands: list[list[str]
 def test_changing_a_pin_changes_the_commands(sandbox: Path, up: str, tmp_path: Path):
     used = {key: value for key, value in pins().items() if value in up}
     # the kind CLI version and the tool floors appear only in the tool checks, which a dry run skips
-    assert set(pins()) - set(used) == {"KIND_VERSION", "HELM_MIN_VERSION", "KUBECTL_MIN_VERSION"}
+    # (the image pins are images' and base-image's: test_images_build_from_the_pinned_base)
+    image_pins = {"BASE_IMAGE", "LOCAL_BASE_IMAGE", "DEBIAN_SUITE", "DEBIAN_MIRROR"}
+    assert set(pins()) - set(used) == {"KIND_VERSION", "HELM_MIN_VERSION", "KUBECTL_MIN_VERSION"} | image_pins
     for key, value in used.items():
         changed = tmp_path / f"{key}.env"
         changed.write_text(PINS.read_text().replace(f"{key}={value}\n", f"{key}={value}-pin-test\n"))
@@ -257,3 +259,37 @@ def test_missing_tools_are_named_with_how_to_install_them(sandbox: Path, tmp_pat
     assert "https://kind.sigs.k8s.io/docs/user/quick-start/#installation" in done.stderr
     assert "nothing was created" in done.stderr
     assert sorted(sandbox.rglob("*")) == before
+
+
+def test_images_build_from_the_pinned_base(sandbox: Path):
+    """`make images` builds FROM the official base by default (a real run falls back to the local Debian base only
+    when that cannot be pulled, saying so: the container tier runs that path), tagged with the chart's appVersion,
+    and loads it into kind; `make base-image` makes the local base from the pinned Debian suite and mirror."""
+    app_version = yaml.safe_load((ROOT / "charts" / "streamflow" / "Chart.yaml").read_text())["appVersion"]
+    p = pins()
+    lines = dry_run(sandbox, "images").splitlines()
+    build = shlex.split(lines[0])
+    assert build[:2] == ["docker", "build"] and build[-1] == "."
+    assert build[build.index("-t") + 1] == f"streamflow:{app_version}"
+    assert f"BASE_IMAGE={p['BASE_IMAGE']}" in build and p["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    assert lines[1] == f"kind load docker-image streamflow:{app_version} --name streamflow"
+    base = dry_run(sandbox, "base-image").splitlines()
+    debootstrap = shlex.split(base[0])
+    assert debootstrap[:2] == ["debootstrap", "--variant=minbase"]
+    assert "--include=python3,python3-venv,ca-certificates" in debootstrap
+    assert debootstrap[-3] == p["DEBIAN_SUITE"] and debootstrap[-1] == p["DEBIAN_MIRROR"]
+    assert base[-1].endswith(f"| docker import - {p['LOCAL_BASE_IMAGE']}")
+
+
+def test_the_runtime_lock_pins_what_the_full_lock_pins():
+    """The image installs requirements-runtime.lock: the same versions as requirements.lock (the venv the tests
+    run in), without the dev extra."""
+
+    def pinned(name: str) -> dict[str, str]:
+        lines = (ROOT / name).read_text().splitlines()
+        return dict(line.split("==", 1) for line in lines if line and not line.startswith((" ", "#")))
+
+    full, runtime = pinned("requirements.lock"), pinned("requirements-runtime.lock")
+    assert {"kserve", "mlflow", "feast", "evidently", "scikit-learn"} <= set(runtime)
+    assert {name: full.get(name) for name in runtime} == runtime
+    assert not {"pytest", "ruff", "helm-python-sdk", "tritonclient"} & set(runtime)
