@@ -28,6 +28,8 @@ import contextvars
 import json
 import logging
 import os
+import threading
+import time
 import uuid
 
 import numpy as np
@@ -174,14 +176,35 @@ class FeaturesUnavailable(ServerNotReady):
 class FeastTransformer(Model):
     def __init__(self, name: str, features, hop: PredictorHop | None, max_batch: int, metrics: ServerMetrics):
         super().__init__(name)
-        self.features = features
-        self.texts = [n for n in features.names if n in features.text_features]
-        self.numbers = [n for n in features.names if n not in self.texts]
+        self.features = None  # None until the online store opens (a fresh install: before `features apply`)
+        self.waiting_for: str | None = None  # why it is not open yet
+        self.texts: list[str] = []
+        self.numbers: list[str] = []
         self.hop = hop  # None: KServe's gRPC client (--predictor_protocol grpc-v2)
         self.max_batch = max_batch
         self.metrics = metrics
-        self.ready = True
+        self.ready = False
         self.answered_version: str | None = None  # the predictor's model version in the last answer
+        if features is not None:
+            self.attach(features)
+
+    def start(self) -> None:
+        """KServe's start-up hook, which would say ready: ready only once the online store is attached."""
+
+    def attach(self, features) -> None:
+        """Serve with this online store (:class:`pipelines.online.OnlineFeatures`); ready from now on."""
+        self.texts = [n for n in features.names if n in features.text_features]
+        self.numbers = [n for n in features.names if n not in self.texts]
+        self.features = features
+        self.waiting_for = None
+        self.ready = True
+
+    def open_features(self):
+        """The online store, or FeaturesUnavailable (503) while it has not opened yet."""
+        features = self.features
+        if features is None:
+            raise FeaturesUnavailable(f"the feature store is not open yet: {self.waiting_for}")
+        return features
 
     async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
         return await counted_call(self.metrics, super().__call__, body, headers, verb)
@@ -241,7 +264,7 @@ class FeastTransformer(Model):
         from pipelines.online import OnlineStoreUnavailable
 
         try:
-            result = self.features.lookup(ids, wait=wait)
+            result = self.open_features().lookup(ids, wait=wait)
         except OnlineStoreUnavailable as err:
             raise FeaturesUnavailable(str(err)) from None
         if result.missing:
@@ -258,7 +281,7 @@ class FeastTransformer(Model):
         # c=8 throughput (bench, same run); when the store is busy they go to a thread too. The ids reach
         # postprocess through this request's context, set here on the loop (a thread works on a copy of it).
         try:
-            if not (self.features.reads_without_waiting and _rows(payload) < ON_LOOP_MAX_IDS):
+            if not (self.open_features().reads_without_waiting and _rows(payload) < ON_LOOP_MAX_IDS):
                 raise StoreBusy("a read that may wait")
             ids, request = self._features_request(payload, wait=False)
         except StoreBusy:
@@ -359,18 +382,19 @@ def course_routes(app, model, errors) -> None:
     async def features(user_id: str):
         if not user_id.strip():
             return JSONResponse({"error": f"user_id {user_id!r} is not a user id"}, status_code=400)
+        store = model.open_features()
         try:
-            result = await asyncio.to_thread(model.features.lookup, [user_id])
+            result = await asyncio.to_thread(store.lookup, [user_id])
         except OnlineStoreUnavailable as err:
             raise FeaturesUnavailable(str(err)) from None
         except PipelineInvalidInput as err:
             return JSONResponse({"error": str(err)}, status_code=400)
         body = {
             "user_id": user_id,
-            "features": {n: result.columns[n][0] for n in model.features.names},
+            "features": {n: result.columns[n][0] for n in store.names},
             "missing_features": result.missing.get(user_id, []),
         }
-        known = len(body["missing_features"]) < len(model.features.names)
+        known = len(body["missing_features"]) < len(store.names)
         return JSONResponse(body, status_code=200 if known else 404)
 
     async def predict(request: Request):
@@ -440,6 +464,45 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
+def open_store(model: FeastTransformer, settings: Settings, interval: float) -> threading.Thread | None:
+    """Open the online store for ``model`` now, or keep trying every ``interval`` seconds in a thread (returned).
+
+    On a fresh install the transformer starts before the first workflow has run ``features apply``: it is live and
+    not ready (requests answered 503 with the reason) until the store opens, as the predictor waits for its first
+    model, instead of exiting into a restart loop whose back-off outlasts the bootstrap. One log line per reason."""
+    from pipelines.online import OnlineFeatures
+
+    def attempt() -> str | None:
+        try:
+            model.attach(OnlineFeatures(settings))
+        except Exception as err:  # noqa: BLE001 - any reason the store cannot open: wait, say why once
+            return str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        return None
+
+    reason = attempt()
+    if reason is None:
+        return None
+    model.waiting_for = reason
+    log.warning("transformer: waiting for the feature store (not ready until it opens): %s", reason)
+
+    def keep_trying() -> None:
+        said = reason
+        while True:
+            time.sleep(interval)
+            now = attempt()
+            if now is None:
+                log.warning("transformer: the feature store is open: ready")
+                return
+            model.waiting_for = now
+            if now != said:
+                log.warning("transformer: waiting for the feature store: %s", now)
+                said = now
+
+    thread = threading.Thread(target=keep_trying, name="feature-store-wait", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     args = build_parser(settings).parse_args(argv)
@@ -449,12 +512,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from kserve.predictor_config import PredictorConfig
 
-    from pipelines.online import OnlineFeatures
-
-    try:
-        features = OnlineFeatures(settings)
-    except Exception as err:  # noqa: BLE001 - one clear line: nothing can be served without the feature store
-        raise SystemExit(f"transformer: cannot open the feature store: {str(err).splitlines()[0][:300]}") from None
     metrics = ServerMetrics("transformer")
     errors = ERRORS
     config = PredictorConfig(
@@ -473,7 +530,8 @@ def main(argv: list[str] | None = None) -> None:
             args.predictor_request_timeout_seconds,
             args.predictor_request_retries,
         )
-    model = FeastTransformer(args.model_name, features, hop, args.max_batch_size, metrics)
+    model = FeastTransformer(args.model_name, None, hop, args.max_batch_size, metrics)
+    open_store(model, settings, settings.model_poll_seconds)
     # ~64 bytes of JSON per id is generous (ids are ~10 characters); past it the body is refused before parsing
     max_body = 64 * args.max_batch_size + 4096
 

@@ -270,17 +270,47 @@ def test_demo_ends_with_a_v2_answer_and_serve_keeps_both_servers_up(tmp_path: Pa
             os.killpg(serve.pid, signal.SIGKILL)
 
 
-def test_serve_and_the_transformer_refuse_to_start_without_a_model_or_a_feature_store(tmp_path: Path) -> None:
-    """Nothing to serve is a one-line error and a non-zero exit, not a server that answers 500s. (The predictor
-    itself starts without a model, not ready, as on a fresh cluster: tests/integration/test_serving.py.)"""
+def test_serve_refuses_to_start_without_a_model_and_the_transformer_waits_for_its_feature_store(
+    tmp_path: Path,
+) -> None:
+    """`streamflow serve` with nothing to serve is a one-line error and a non-zero exit. The transformer module (a
+    pod's entrypoint) starts before the first workflow on a fresh install, as the predictor does: live, not ready,
+    every request a 503 naming what to run, instead of exiting into a restart loop. (It turning ready once the
+    store opens runs for real in the container tier, tests/containers/test_tier.py.)"""
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import free_port, stop_group, wait_http
+
     env = {**os.environ, "STREAMFLOW_HOME": str(tmp_path / "home"), "STREAMFLOW_DB_URL": ""}
     serve = run(tmp_path / "home", "serve", "--json")
     assert serve.returncode == 2
     assert "no streamflow_churn@production yet: nothing to serve" in one_json(serve)["error"]
-    transformer = subprocess.run(
-        [sys.executable, "-m", "model_server.transformer", "--http_port", "0", "--grpc_port", "0"],
-        env=env, capture_output=True, text=True, timeout=120,
+    port = free_port()
+    transformer = subprocess.Popen(
+        [sys.executable, "-m", "model_server.transformer", "--http_port", str(port), "--grpc_port", str(free_port())],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-    assert transformer.returncode != 0
-    assert "transformer: cannot open the feature store" in transformer.stderr
-    assert "streamflow features apply" in transformer.stderr
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/health/live", transformer, what="transformer")
+
+        def status(path: str, body: bytes | None = None) -> tuple[int, str]:
+            url = f"http://127.0.0.1:{port}{path}"
+            request = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    return answer.status, answer.read().decode()
+            except urllib.error.HTTPError as err:
+                return err.code, err.read().decode()
+
+        assert status("/v2/health/ready")[0] == 503
+        v2 = json.dumps({"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["a"]}]})
+        code, text = status("/v2/models/streamflow-churn/infer", v2.encode())
+        assert code == 503 and "not ready" in text, text  # KServe's ModelNotReady, as the predictor's
+        code, text = status("/features/a")
+        assert code == 503 and "feature store is not open yet" in text and "streamflow features apply" in text, text
+        assert transformer.poll() is None
+    finally:
+        stop_group(transformer)
+    err = transformer.stderr.read()
+    assert err.count("waiting for the feature store") == 1, err[-2000:]
