@@ -43,11 +43,13 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/streamflow serve
 
+# system-deps: PostgreSQL, Prometheus, Pushgateway, Docker engine, debootstrap from Debian when root (else named)
 test: $(STAMP)
+	@bash tests/system-deps.sh
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not containers"
 
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)

@@ -888,7 +888,8 @@ def docker_run_args(
 
     Environment goes through an env-file (mode 0600) in ``state_dir`` (a new temporary folder when None), so no
     value — secrets included — appears on a command line; configMap / secret volumes are written there too and
-    bind-mounted read-only. emptyDirs become ``--tmpfs`` (mode 1777 and ``exec``, like an emptyDir; ``size`` from
+    bind-mounted read-only. emptyDirs become ``--tmpfs`` (mode 1777 and ``exec``, like an emptyDir,
+    owned by the pod's user and fsGroup because Docker keeps the mode of a folder the image has; ``size`` from
     ``sizeLimit``), claims named Docker volumes ``<volume_prefix><claim>``. ``publish``: container ports (number
     or name) published on 127.0.0.1 only, on a free host port (read it back with ``docker port``). ``--init`` only
     with ``shareProcessNamespace`` (the pause process reaps there); ``limits`` maps resource limits to
@@ -960,6 +961,11 @@ def _mount_args(spec: ContainerSpec, mount: Mount, folder: Path, volume_prefix: 
         raise PodSpecError(f"{spec.key}: subPath mounts ({mount.path}) are not supported here")
     if mount.kind == "tmpfs":
         options = ["rw", "exec", "mode=1777"] + ([f"size={mount.size_bytes}"] if mount.size_bytes else [])
+        # Docker (20.10) gives a tmpfs over a folder the image has that folder's mode (0755), not mode=1777, and
+        # root as owner: owned by the pod's user and group it is writable by the pod, as an emptyDir is
+        if spec.user is not None:
+            group = spec.fs_group if spec.fs_group is not None else spec.group
+            options += [f"uid={spec.user}"] + ([f"gid={group}"] if group is not None else [])
         return ["--tmpfs", f"{mount.path}:{','.join(options)}"]
     if mount.kind == "volume":
         return ["-v", f"{volume_prefix}{mount.claim}:{mount.path}{':ro' if mount.read_only else ''}"]

@@ -376,12 +376,14 @@ def test_empty_dirs_become_world_writable_tmpfs(tmp_path: Path) -> None:
     assert {m.path: m.kind for m in spec.mounts} == {"/data": "tmpfs", "/tmp": "tmpfs", "/home/streamflow": "tmpfs"}
     argv = docker_run_args(spec, network="n", name="t", state_dir=tmp_path)
     tmpfs = [argv[i + 1] for i, a in enumerate(argv) if a == "--tmpfs"]
-    assert tmpfs == [f"{p}:rw,exec,mode=1777" for p in ("/data", "/tmp", "/home/streamflow")]
+    owned = "uid=10001,gid=10001"
+    assert tmpfs == [f"{p}:rw,exec,mode=1777,{owned}" for p in ("/data", "/tmp", "/home/streamflow")]
     r = copy.deepcopy(rendered("default"))
     volumes = r.named("Deployment", "streamflow-mlflow")["spec"]["template"]["spec"]["volumes"]
     next(v for v in volumes if v["name"] == "tmp")["emptyDir"] = {"sizeLimit": "64Mi"}
     sized = containers(r)["mlflow"]
-    assert "/tmp:rw,exec,mode=1777,size=67108864" in docker_run_args(sized, network="n", name="m", state_dir=tmp_path)
+    argv = docker_run_args(sized, network="n", name="m", state_dir=tmp_path)
+    assert "/tmp:rw,exec,mode=1777,size=67108864,uid=10001,gid=10001" in argv
 
 
 def test_config_map_volume_is_materialised_read_only(tmp_path: Path) -> None:
