@@ -16,178 +16,31 @@ previous left (the workflow steps fill the database the servers then read).
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import pytest
 
 from tests.chart.conftest import rendered
 from tests.containers.engine import docker
-from tests.containers.podspec import (
-    ContainerSpec,
-    containers,
-    docker_run_args,
-    parse_port_map,
-    probe_command,
-    wait_for_probe,
-    workflow_steps,
+from tests.containers.podspec import ContainerSpec, containers, probe_command, workflow_steps
+from tests.containers.tier import (
+    EXTERNAL_DB,
+    SCENARIO,
+    UNKNOWN_USER,
+    Tier,
+    kserve_forwarder,
+    post,
+    smoke_users,
+    start_base,
+    v2,
+    wait_probe,
 )
+from tests.e2e.kind_e2e import parse_result
 
 pytestmark = [pytest.mark.containers, pytest.mark.integration]
-
-SCENARIO = "external-postgres"
-DB_PASSWORD = "ext/pw-0001"  # a '/' the URLs must carry percent-encoded
-DB_HOST = "streamflow-external-pg"
-EXTERNAL_DB = {
-    "streamflow-external-db": {
-        "streamflow-url": f"postgresql://streamflow:ext%2Fpw-0001@{DB_HOST}:5432/streamflow",
-        "mlflow-url": f"postgresql://streamflow:ext%2Fpw-0001@{DB_HOST}:5432/mlflow",
-    }
-}
-UNKNOWN_USER = "0000-NOONE"
-
-
-@dataclass
-class Tier:
-    """The Docker network, volumes and containers of one run of the tier, and how to reach them."""
-
-    project: str
-    infra: str
-    state: Path
-    tag: str = field(default_factory=lambda: secrets.token_hex(4))
-    names: list[str] = field(default_factory=list)
-    specs: dict[str, ContainerSpec] = field(default_factory=dict)
-    ports: dict[str, dict[int, int]] = field(default_factory=dict)
-
-    @property
-    def network(self) -> str:
-        return f"sftier-{self.tag}"
-
-    @property
-    def volume_prefix(self) -> str:
-        return f"sftier-{self.tag}-"
-
-    def name(self, key: str) -> str:
-        return f"sftier-{self.tag}-{key.replace(':', '-').replace('/', '-')}"
-
-    def logs(self, name: str) -> str:
-        done = docker("logs", "--tail", "60", name, check=False)
-        return f"--- {name}'s own log ---\n{(done.stdout + done.stderr)[-6000:]}"
-
-    def running(self, name: str) -> bool:
-        done = docker("inspect", "--format", "{{.State.Running}}", name, check=False)
-        return done.stdout.strip() == "true"
-
-    def run(self, argv: list[str]) -> str:
-        """Start a container from a ``docker run -d`` argv (labelled for clean-up); its name."""
-        name = argv[argv.index("--name") + 1]
-        argv = [*argv[:3], "--label", f"io.streamflow.tier={self.tag}", *argv[3:]]
-        self.names.append(name)
-        done = docker(*argv[1:], check=False, timeout=120)
-        assert done.returncode == 0, f"{name} could not start: {done.stderr.strip()}\n{self.logs(name)}"
-        return name
-
-    def start(self, spec: ContainerSpec, publish=(), image: str | None = None, aliases: bool = True) -> str:
-        """Run a chart container as rendered (the project image unless ``image``): its name."""
-        name = self.name(spec.key)
-        run_spec = spec if aliases else replace(spec, services=())
-        argv = docker_run_args(
-            run_spec,
-            network=self.network,
-            name=name,
-            image_override=image or (self.project if spec.image.startswith("streamflow:") else None),
-            publish=publish,
-            state_dir=self.state,
-            volume_prefix=self.volume_prefix,
-        )
-        self.run(argv)
-        self.specs[name] = spec
-        if publish:
-            self.ports[name] = parse_port_map(docker("port", name).stdout)
-        return name
-
-    def infra_container(self, key: str, args: list[str], aliases=(), publish=(), env=None) -> str:
-        name = self.name(key)
-        argv = ["docker", "run", "-d", "--name", name, "--network", self.network]
-        for alias in aliases:
-            argv += ["--network-alias", alias]
-        for port in publish:
-            argv += ["-p", f"127.0.0.1::{port}"]
-        for key_, value in (env or {}).items():
-            argv += ["-e", f"{key_}={value}"]
-        self.run([*argv, self.infra, *args])
-        if publish:
-            self.ports[name] = parse_port_map(docker("port", name).stdout)
-        return name
-
-    def step(self, spec: ContainerSpec, timeout: float = 900) -> str:
-        """Run one workflow step to its end, as Argo would: its stdout; its own log in the failure message."""
-        name = self.start(spec)
-        done = docker("wait", name, timeout=timeout, check=False)
-        code = done.stdout.strip()
-        out = docker("logs", name, check=False)
-        assert code == "0", f"step {spec.step} ({' '.join(spec.argv)}) exited {code or done.stderr}\n{self.logs(name)}"
-        return out.stdout
-
-    def url(self, name: str, port: int, path: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name][port]}{path}"
-
-    def remove(self) -> None:
-        for name in reversed(self.names):
-            docker("rm", "-f", "-v", name, check=False, timeout=120)
-        docker("network", "rm", self.network, check=False)
-        volumes = docker("volume", "ls", "-q", "--filter", f"name={self.volume_prefix}", check=False).stdout.split()
-        if volumes:
-            docker("volume", "rm", "-f", *volumes, check=False)
-
-
-def post(url: str, body: dict, timeout: float = 30) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
-def v2(user_ids: list[str]) -> dict:
-    return {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [len(user_ids)], "data": user_ids}]}
-
-
-def status(url: str, timeout: float = 5) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
-            return answer.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except (urllib.error.URLError, OSError):
-        return 0
-
-
-def smoke_users(chart: dict[str, ContainerSpec]) -> list[str]:
-    """The user ids the chart's `helm test` pod asks about (real users of the generated first month)."""
-    argv = chart["helm-test"].argv
-    return [argv[i + 1] for i, word in enumerate(argv) if word == "--user-id"]
-
-
-def json_line(stdout: str) -> dict:
-    """A step's ``--json`` object: the last line of its stdout that parses as one."""
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            found = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(found, dict):
-            return found
-    raise AssertionError(f"no JSON object on the step's stdout: {stdout[-1500:]}")
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -202,60 +55,23 @@ def chart() -> dict[str, ContainerSpec]:
 def tier(images, chart, tmp_path_factory) -> Iterator[Tier]:
     """The network, the external database and the Pushgateway; everything is removed at the end."""
     t = Tier(images["project"], images["infra"], tmp_path_factory.mktemp("tier"))
-    docker("network", "create", "--label", f"io.streamflow.tier={t.tag}", t.network)
     try:
-        db = t.infra_container(
-            "external-pg", ["postgres"], [DB_HOST], publish=[5432], env={"POSTGRES_PASSWORD": DB_PASSWORD}
-        )
-        gateway = chart["pushgateway"]
-        t.start(replace(gateway, command=("/usr/bin/prometheus-pushgateway",)), image=t.infra)
-        wait_for_postgres(t, db)
+        start_base(t, chart)
         yield t
     finally:
         t.remove()
 
 
-def wait_for_postgres(t: Tier, name: str) -> None:
-    import psycopg2
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            psycopg2.connect(
-                host="127.0.0.1", port=t.ports[name][5432], user="streamflow", password=DB_PASSWORD, dbname="mlflow"
-            ).close()
-            return
-        except psycopg2.OperationalError as err:
-            if time.monotonic() > deadline or not t.running(name):
-                detail = f"{err}\n{t.logs(name)}"
-                raise AssertionError(f"the tier's Postgres did not accept the chart's credentials: {detail}") from None
-            time.sleep(0.5)
-
-
-def wait_probe(t: Tier, name: str, kind: str, budget: float | None = None) -> bool:
-    spec = t.specs[name]
-    probe = spec.probes[kind]
-    check = probe_command(probe, port_map=t.ports.get(name), container=name)
-    return wait_for_probe(check, probe, budget_seconds=budget, alive=lambda: t.running(name))
-
-
-def kserve_forwarder(t: Tier, spec: ContainerSpec, target: str) -> str:
-    """A container carrying the spec's KServe Service names, forwarding each Service port to the pod's port (80 →
-    8080, 8081 → 8081): what the Service does on a cluster."""
-    args = ["forward"]
-    for service in spec.services:
-        for port in service.ports:
-            args += [str(port.port), f"{target}:{port.target_port}"]
-    return t.infra_container(f"{spec.key}-service", args, aliases=spec.network_aliases)
-
-
 # ------------------------------------------------------------------------------------------------ the tier
 
 
-def test_the_mlflow_server_runs_as_the_chart_specifies(tier: Tier, chart):
+def test_the_mlflow_server_and_the_pushgateway_run_as_the_chart_specifies(tier: Tier, chart):
     name = tier.start(chart["mlflow"], publish=[5000])
     for kind in ("startup", "readiness", "liveness"):
         assert wait_probe(tier, name, kind, budget=180), f"mlflow {kind} probe failed\n{tier.logs(name)}"
+    gateway = tier.name("pushgateway")  # Debian's binary in the chart's container: UID 65534, read-only root
+    for kind in chart["pushgateway"].probes:
+        assert wait_probe(tier, gateway, kind, budget=60), f"pushgateway {kind} probe failed\n{tier.logs(gateway)}"
 
 
 def test_the_servers_start_unready_before_a_model_is_promoted(tier: Tier, chart):
@@ -291,7 +107,7 @@ def test_the_bootstrap_workflow_steps_run_in_order(tier: Tier):
     outputs = {}
     for spec in steps:
         assert spec.read_only_root and spec.user == 10001
-        outputs[spec.step] = json_line(tier.step(spec))
+        outputs[spec.step] = parse_result(tier.step(spec), spec.step)
     promoted = outputs["main/train/promote"]
     assert promoted["decision"] == "promoted" and promoted["production_version"] == "1", promoted
 
@@ -331,7 +147,7 @@ def test_a_drifted_month_retrains_and_the_running_predictor_serves_the_new_versi
     p, t = tier.name("predictor:champion"), tier.name("transformer:champion")
     started = docker("inspect", "--format", "{{.State.StartedAt}} {{.RestartCount}}", p).stdout.strip()
     (monthly,) = workflow_steps(rendered(SCENARIO), "streamflow-monthly", secrets=EXTERNAL_DB)
-    out = json_line(tier.step(monthly))
+    out = parse_result(tier.step(monthly), monthly.step)
     assert out["decision"] == "RETRAIN" and out["production_version"] == "2", out
     users = smoke_users(chart)
     poll = float(chart["predictor:champion"].env["STREAMFLOW_MODEL_POLL_SECONDS"])
