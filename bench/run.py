@@ -5,7 +5,8 @@ excluded); peak resident memory is the child's own (``wait4`` rusage, imports in
 ``bench/results/<name>.json`` and to the table between the ``<!-- bench:<name> -->`` markers of the README.
 
 One module per benchmark (``bench/ingest.py``, ``features.py``, ``models.py``, ``serving.py``, ``drift.py``,
-``demo.py``) and what they share (``bench/harness.py``); children run as ``python bench/run.py _child-name …``.
+``demo.py``, ``containers.py``) and what they share (``bench/harness.py``); children run as
+``python bench/run.py _child-name …``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ if __package__ in (None, ""):  # run as a script: import the ``bench`` package f
     _here = Path(__file__).resolve().parent
     sys.path[:] = [str(_here.parent), *(p for p in sys.path if not p or Path(p).resolve() != _here)]
 
-from bench import demo, drift, features, ingest, models, serving  # noqa: E402
+from bench import containers, demo, drift, features, ingest, models, serving  # noqa: E402
 from bench.harness import main  # noqa: E402
 
 BENCHES = {
@@ -27,10 +28,10 @@ BENCHES = {
     "serving": serving.BENCH,
     "drift": drift.BENCH,
     "demo": demo.BENCH,
+    "containers": containers.BENCH,
 }
-CHILDREN = {
-    name: fn for module in (ingest, features, models, serving, drift, demo) for name, fn in module.CHILDREN.items()
-}
+MODULES = (ingest, features, models, serving, drift, demo, containers)
+CHILDREN = {name: fn for module in MODULES for name, fn in module.CHILDREN.items()}
 
 
 if __name__ == "__main__":
