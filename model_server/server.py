@@ -127,9 +127,22 @@ class ServerMetrics:
             ["server"],
             registry=registry,
         )
+        self.in_flight = Gauge(
+            "streamflow_requests_in_flight",
+            "Inference requests this server is answering now (received, not yet answered), by protocol.",
+            ["server", "protocol"],
+            registry=registry,
+        )
+        self._in_flight = {p: self.in_flight.labels(server, p) for p in ("rest", "grpc")}
 
         self._request_children: dict[tuple[str, str], tuple] = {}
         self._prediction_children: tuple | None = None
+
+    def started(self, protocol: str):
+        """One more request in flight; call the returned function once it is answered (whatever the outcome)."""
+        child = self._in_flight[protocol]
+        child.inc()
+        return child.dec
 
     def observe_request(self, protocol: str, status: str, seconds: float) -> None:
         children = self._request_children.get((protocol, status))
@@ -171,6 +184,7 @@ def add_request_metrics(app, metrics: ServerMetrics, paths: Callable[[str], bool
                 return await asgi_app(scope, receive, send)
             start = time.perf_counter()
             status = {"code": 500}
+            done = metrics.started("rest")
 
             async def send_status(message):
                 if message["type"] == "http.response.start":
@@ -180,6 +194,7 @@ def add_request_metrics(app, metrics: ServerMetrics, paths: Callable[[str], bool
             try:
                 await asgi_app(scope, receive, send_status)
             finally:
+                done()
                 metrics.observe_request("rest", str(status["code"]), time.perf_counter() - start)
 
         return wrapped
@@ -624,6 +639,7 @@ async def counted_call(metrics: ServerMetrics, call: Callable[..., Awaitable], b
         return result
     start = time.perf_counter()
     status = "OK"
+    done = metrics.started("grpc")
     try:
         result = await call(body, headers, verb)
         shape_outputs(body, result[0], wanted)
@@ -632,6 +648,7 @@ async def counted_call(metrics: ServerMetrics, call: Callable[..., Awaitable], b
         status = _grpc_status(err)
         raise
     finally:
+        done()
         metrics.observe_request("grpc", status, time.perf_counter() - start)
 
 

@@ -650,6 +650,9 @@ def test_metrics_count_requests_labels_missing_features_and_model(stack: Stack) 
     version = production_version(stack)
     assert metric(p, "streamflow_model_info", version=version, alias="production") == 1
     assert metric(p, "streamflow_registry_reachable", server="predictor") == 1
+    for base, server in ((t, "transformer"), (p, "predictor")):  # every request answered: none left in flight
+        for protocol in ("rest", "grpc"):
+            assert metric(base, "streamflow_requests_in_flight", server=server, protocol=protocol) == 0
     _, text = get(f"{p}/metrics")
     assert "request_predict_seconds" in text  # KServe's own histograms are there too
 
