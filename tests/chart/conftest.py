@@ -21,6 +21,17 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "streamflow"
 RELEASE, NAMESPACE = "streamflow", "streamflow"
 SCENARIOS = ["default", *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))]
+PINS = ROOT / "manifests" / "versions.env"  # the Kubernetes layer's one pin file
+
+
+def pins(path: Path = PINS) -> dict[str, str]:
+    """A pin file (``KEY=VALUE`` lines, ``#`` comments) as a dict."""
+    found = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            found[key] = value
+    return found
 
 
 def crds_dir() -> Path:

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.chart.conftest import PINS, pins
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "manifests" / "install.sh"
-PINS = ROOT / "manifests" / "versions.env"
 VALUES = ROOT / "manifests" / "values"
 GOLDEN = Path(__file__).parent / "golden" / "install-dry-run.txt"
 COREUTILS = ["cat", "cut", "date", "dirname", "env", "head", "ls", "mkdir", "rm", "sort", "tr"]
@@ -63,15 +64,6 @@ def dry_run(sandbox: Path, *args: str, **kw) -> str:
     done = install(sandbox, "--dry-run", *args, **kw)
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-def pins(path: Path = PINS) -> dict[str, str]:
-    found = {}
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            found[key] = value
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -19,22 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.chart.conftest import pins
+
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = Path(__file__).resolve().parent / "infra"
 
 
 class EngineMissing(RuntimeError):
     """No Docker engine can be used here; the message names what is missing."""
-
-
-def pins() -> dict[str, str]:
-    """manifests/versions.env as a dict (KEY=VALUE lines)."""
-    found = {}
-    for line in (ROOT / "manifests" / "versions.env").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            found[key] = value
-    return found
 
 
 def app_version() -> str:
