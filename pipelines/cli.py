@@ -90,7 +90,8 @@ def command(fn: Callable[..., dict[str, Any]] | None = None, *, changes_state: b
             # libraries print (Feast's materialize lines, MLflow's "Registered model …", warnings) goes to the log
             with _library_output(ctx):
                 with _state_lock(ctx, wait) if changes_state else nullcontext():
-                    payload = body(*args, **kwargs)
+                    with _step_figures(ctx) if changes_state else nullcontext():
+                        payload = body(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own exits and usage errors
             raise
         except StreamflowError as err:
@@ -219,6 +220,14 @@ def _state_lock(ctx: typer.Context, wait: float | None) -> Iterator[None]:
 
 # the settings that may hold a password: no failure message shows it (nor a piece of it), whoever wrote the message
 _URL_SETTINGS = ("STREAMFLOW_DB_URL", "STREAMFLOW_MLFLOW_TRACKING_URI", "STREAMFLOW_PUSHGATEWAY_URL")
+
+
+def _step_figures(ctx: typer.Context):
+    """Publish the run of a state-changing command as a pipeline step (duration, outcome, last success): once it
+    holds the lock, so a run refused because another one is busy is not a failed step."""
+    from pipelines.metrics import step
+
+    return step(_settings(ctx), ctx.command_path.partition(" ")[2].replace(" ", "_") or ctx.command_path)
 
 
 def _unexpected(err: BaseException) -> str:

@@ -47,7 +47,7 @@ PREDICTION = "prediction"
 NUM_METHOD, CAT_METHOD = "wasserstein", "jensenshannon"
 RETRAIN, NO_ACTION = "RETRAIN", "NO_ACTION"
 NULL_CATEGORY = "NULL"  # a contract NULL (plan_stream_* without internet) is a category of its own
-METRICS_FILE = "streamflow_drift.prom"
+DRIFT_JOB = "streamflow_drift"  # the Pushgateway job; its text file is metrics/streamflow_drift.prom
 
 
 @dataclass
@@ -560,24 +560,13 @@ def drift_registry(result: DriftResult):
     return registry
 
 
-def export_metrics(settings: Settings, result: DriftResult) -> tuple[Path, str | None]:
+def export_metrics(settings: Settings, result: DriftResult) -> tuple[Path | None, str | None]:
     """Write the figures as Prometheus text (node-exporter textfile format) and push them if a Pushgateway is set.
 
     Returns:
         (the text file, "ok" / the push error / None when no Pushgateway is configured). A failed push does not
         undo the decision: the file is written and the error is logged and returned.
     """
-    from prometheus_client import push_to_gateway, write_to_textfile
+    from pipelines.metrics import publish
 
-    registry = drift_registry(result)
-    path = settings.metrics_dir / METRICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_to_textfile(str(path), registry)
-    if not settings.pushgateway_url:
-        return path, None
-    try:
-        push_to_gateway(settings.pushgateway_url, job="streamflow_drift", registry=registry, timeout=10)
-    except OSError as err:
-        log.warning("drift metrics not pushed to %s: %s", settings.pushgateway_url, err)
-        return path, f"push to {settings.pushgateway_url} failed: {err}"
-    return path, "ok"
+    return publish(settings, DRIFT_JOB, drift_registry(result))

@@ -24,6 +24,7 @@ import pandas as pd
 from pipelines.config import Settings
 from pipelines.db import Database
 from pipelines.errors import InvalidInput, QuarantineThresholdExceeded
+from pipelines.metrics import quietly, record_ingest
 from pipelines.tables import RAW_TABLES, USERS
 from pipelines.validate import QUARANTINE_COLUMNS, TableResult, validate_table
 
@@ -154,6 +155,8 @@ def ingest_month(
     ]
     if over:
         detail = ", ".join(f"{name} {share:.1%}" for name, share in over)
+        refused = {name: {**counts, "loaded": 0} for name, counts in result.tables.items()}
+        quietly(record_ingest, settings, as_of, refused)  # the alert sees the refused month's quarantine too
         raise QuarantineThresholdExceeded(
             f"{month_dir}: quarantined share over {settings.quarantine_max_share:.1%} in {detail}; "
             f"nothing of as_of {as_of} was loaded. See {result.report_csv}"
@@ -168,4 +171,5 @@ def ingest_month(
         db.replace_quarantine(as_of, quarantine)
         db.record_ingestion(as_of, result.source, sha, result.input_rows, result.loaded, result.quarantined)
     log.info("as_of %s: committed", as_of)
+    quietly(record_ingest, settings, as_of, result.tables)
     return result

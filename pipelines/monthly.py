@@ -24,6 +24,7 @@ from typing import Any
 from pipelines.config import Settings
 from pipelines.db import Database
 from pipelines.errors import InvalidInput, NotFound
+from pipelines.metrics import quietly, record_month, record_production, step
 
 
 @dataclass
@@ -176,6 +177,8 @@ def run_monthly(
     db.record_monthly(as_of, None)
     result = _run_month(settings, db, month_dir, as_of, store=store, log=log)
     db.record_monthly(as_of, result.decision)
+    quietly(record_month, settings, as_of, result.decision)
+    quietly(record_production, settings, result.production_version)
     return result
 
 
@@ -190,23 +193,28 @@ def _run_month(
     from pipelines.snapshot import take_snapshot
 
     steps: dict[str, Any] = {}
-    ingested = ingest_month(db, settings, month_dir, as_of)
+    with step(settings, "ingest"):
+        ingested = ingest_month(db, settings, month_dir, as_of)
     steps["ingest"] = ingested.to_json()
     log(f"ingested {month_dir.name} (as_of {as_of}): {ingested.loaded:,} rows, {ingested.quarantined:,} quarantined")
-    steps["snapshot"] = take_snapshot(db, as_of).to_json()
+    with step(settings, "snapshot"):
+        steps["snapshot"] = take_snapshot(db, as_of).to_json()
     store = store or open_store(settings)
     try:
         feature_service(store, settings)
     except NotFound:  # a first month on an empty state: register the feature repo
-        steps["apply"] = apply_repo(settings).to_json()
+        with step(settings, "features_apply"):
+            steps["apply"] = apply_repo(settings).to_json()
         store = open_store(settings)
         log(f"feast apply: feature service {settings.feature_service} registered")
-    materialized = materialize(settings, db, as_of, store=store)
+    with step(settings, "features_materialize"):
+        materialized = materialize(settings, db, as_of, store=store)
     steps["materialize"] = materialized.to_json()
     log(materialized.skipped or f"materialized as_of {as_of} into the online store")
 
     # the month's training set, built once for drift and for retraining
-    dataset = build_dataset(settings, db, as_of, store=store)
+    with step(settings, "dataset_build"):
+        dataset = build_dataset(settings, db, as_of, store=store)
     client = mlflow_client(settings)
     production = version_by_alias(client, PRODUCTION)
     # a month older than the production model's never replaces it (as the online store never goes back in time): the
@@ -225,12 +233,14 @@ def _run_month(
             reasons = ["no production model yet: this month trains the first one"]
         else:
             reasons = [f"version {production.version} in production was trained on this month and replaced none"]
-        retrained = retrain(settings, db, as_of, dataset=dataset, store=store)
+        with step(settings, "retrain"):
+            retrained = retrain(settings, db, as_of, dataset=dataset, store=store)
         steps |= {"drift": None, "retrain": retrained.to_json()}
         log(f"{reasons[0]}; gate {retrained.gate['decision']}, production = v{retrained.production_version}")
         return MonthlyResult(month_dir, as_of, steps, "BOOTSTRAP", reasons, retrained.production_version)
 
-    drift = run_drift(settings, db, as_of, model_version=str(judged.version), current_dataset=dataset, store=store)
+    with step(settings, "drift"):
+        drift = run_drift(settings, db, as_of, model_version=str(judged.version), current_dataset=dataset, store=store)
     steps["drift"] = drift.to_json()
     log(drift.line())
     steps["retrain"] = None
@@ -243,7 +253,8 @@ def _run_month(
         )
         log(reasons[-1])
     elif drift.decision == RETRAIN:
-        retrained = retrain(settings, db, as_of, dataset=dataset, store=store)
+        with step(settings, "retrain"):
+            retrained = retrain(settings, db, as_of, dataset=dataset, store=store)
         steps["retrain"] = retrained.to_json()
         production_version = retrained.production_version
         gate = retrained.gate

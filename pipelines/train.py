@@ -689,7 +689,8 @@ def _rollback(client, margin: float) -> PromoteResult:
 
 
 def promote(settings: Settings, db: Database, *, rollback: bool = False, store=None) -> PromoteResult:
-    """Run the promotion gate (or roll back to the previous champion).
+    """Run the promotion gate (or roll back to the previous champion) and publish the production version
+    (:func:`pipelines.metrics.record_production`).
 
     The challenger and the champion are scored on the challenger's recorded held-out users of its as_of (refused when
     that training set changed since). A challenger trained on an older month than the champion's is rejected
@@ -701,6 +702,14 @@ def promote(settings: Settings, db: Database, *, rollback: bool = False, store=N
         TrainingSetChanged: the challenger's as_of's training set is not the one it was trained on any more.
         StreamflowError: MLflow unreachable.
     """
+    from pipelines.metrics import quietly, record_production
+
+    result = _gate(settings, db, rollback=rollback, store=store)
+    quietly(record_production, settings, result.production_version)
+    return result
+
+
+def _gate(settings: Settings, db: Database, *, rollback: bool, store) -> PromoteResult:
     from pipelines.online import open_store
 
     client = mlflow_client(settings)

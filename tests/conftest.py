@@ -69,6 +69,24 @@ def start_mlflow_server(backend: str, artifacts: Path) -> tuple[str, subprocess.
     return url, proc
 
 
+@pytest.fixture
+def pushgateway(tmp_path: Path) -> Iterator[str]:
+    """A real Pushgateway (Debian's binary) on a free loopback port; its URL. Stopped after the test."""
+    binary = shutil.which("prometheus-pushgateway")
+    if binary is None:
+        pytest.skip("needs prometheus-pushgateway (tests/system-deps.sh installs it as root)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={tmp_path / 'pushgateway'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/ready", proc, what="pushgateway")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_group(proc)
+
+
 def _pg_bindir() -> Path | None:
     if env := os.environ.get("STREAMFLOW_PG_BINDIR"):
         return Path(env)
