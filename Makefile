@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/
 UV_VERSION ?= 0.13.9
 export STREAMFLOW_HOME ?= .streamflow
 
-.PHONY: setup demo serve test test-fast bench lint clean help
+.PHONY: setup demo serve test test-fast bench dashboards lint clean help
 .PHONY: lock kind-up images base-image deploy bootstrap upload-month port-forward e2e kind-down
 
 help:
@@ -16,6 +16,7 @@ help:
 	@echo "make serve  - predictor + transformer on loopback (after make demo); Ctrl-C stops them"
 	@echo "make test   - the whole test suite (unit, integration with real Postgres, real servers)"
 	@echo "make bench  - benchmarks; results in bench/results/*.json"
+	@echo "make dashboards - regenerate the Grafana dashboards (charts/streamflow/dashboards/*.json) from build.py"
 	@echo "make setup  - only create $(VENV) with the locked dependencies"
 	@echo "Kubernetes (kind; versions pinned in manifests/versions.env):"
 	@echo "make kind-up        - kind cluster $(KIND_CLUSTER) + cert-manager, KServe, Argo Workflows, Prometheus/Grafana"
@@ -54,6 +55,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(PY) bench/run.py
+
+# The Grafana dashboards the chart ships: edit charts/streamflow/dashboards/build.py, then regenerate their JSON.
+dashboards: $(STAMP)
+	$(PY) charts/streamflow/dashboards/build.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check pipelines model_server tests bench
