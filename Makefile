@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/
 UV_VERSION ?= 0.13.9
 export STREAMFLOW_HOME ?= .streamflow
 
-.PHONY: setup demo serve test test-fast bench dashboards lint clean help
+.PHONY: setup demo serve monitor test test-fast bench dashboards lint clean help
 .PHONY: lock kind-up images base-image deploy bootstrap upload-month port-forward e2e kind-down
 
 help:
 	@echo "make demo   - run the loop on the embedded default (state in $$STREAMFLOW_HOME)"
 	@echo "make serve  - predictor + transformer on loopback (after make demo); Ctrl-C stops them"
+	@echo "make monitor - Prometheus + Pushgateway on loopback scraping make serve's servers, with the alert rules"
 	@echo "make test   - the whole test suite (unit, integration with real Postgres, real servers)"
 	@echo "make bench  - benchmarks; results in bench/results/*.json"
 	@echo "make dashboards - regenerate the Grafana dashboards (charts/streamflow/dashboards/*.json) from build.py"
@@ -43,6 +44,11 @@ demo: $(STAMP)
 
 serve: $(STAMP)
 	$(VENV)/bin/streamflow serve
+
+# Debian's prometheus and prometheus-pushgateway (tests/system-deps.sh installs them as root)
+monitor: $(STAMP)
+	@bash tests/system-deps.sh
+	$(VENV)/bin/streamflow monitor
 
 # system-deps: PostgreSQL, Prometheus, Pushgateway, Docker engine, debootstrap from Debian when root (else named)
 test: $(STAMP)

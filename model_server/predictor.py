@@ -88,6 +88,12 @@ class ChurnPredictor(Model):
         self._retry_at = 0.0  # monotonic time of the next attempt at ``_broken``
         self._refused = False  # ``_broken`` was refused (could run code): not retried until the alias moves
         self._absent = False  # the registry answered that the alias (or the model) does not exist
+        # every label set exported from the start, at 0: a rule or panel on failures finds its series before the
+        # first failure (Prometheus cannot tell "never failed" from "not scraped" otherwise)
+        for result in ("swapped", "failed"):
+            metrics.reloads.labels(metrics.server, result)
+        metrics.load_failures.labels(metrics.server)
+        metrics.pending_version.labels(metrics.server).set(0)
 
     # ------------------------------------------------------------ registry
 

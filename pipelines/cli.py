@@ -843,6 +843,55 @@ def serve(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         servers.stop()
 
 
+@app.command()
+@command
+def monitor(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    """A real Prometheus on loopback scraping `streamflow serve`'s servers and a local Pushgateway, with the chart's
+    alert rules (Debian's prometheus and prometheus-pushgateway); Ctrl-C stops them.
+
+    The figures pipeline steps already wrote (STREAMFLOW_HOME/metrics) are pushed at start; run later steps with
+    STREAMFLOW_PUSHGATEWAY_URL set to the printed Pushgateway URL. With --json, one object once ready, nothing after.
+    """
+    import signal as signals
+
+    from pipelines.monitor import LocalMonitor
+
+    watch = LocalMonitor(_settings(ctx))
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signals.signal(signals.SIGTERM, stop)
+    signals.signal(signals.SIGINT, stop)
+    watch.start()
+    ready = {
+        "prometheus": watch.prometheus_url,
+        "pushgateway": watch.pushgateway_url,
+        "rules": str(watch.rules),
+        "pids": {name: proc.pid for name, proc in watch.procs.items()},
+        "logs": str(watch.folder),
+    }
+    try:
+        if as_json:
+            sys.__stdout__.write(json.dumps(ready) + "\n")
+            sys.__stdout__.flush()
+        else:
+            url = watch.prometheus_url
+            _out.print(f"Prometheus {url} (targets: {url}/targets, alerts: {url}/alerts), Pushgateway "
+                       f"{watch.pushgateway_url}", highlight=False, soft_wrap=True)  # fmt: skip
+            _out.print("servers: `make serve` in another terminal; pipeline figures: run steps with "
+                       f"STREAMFLOW_PUSHGATEWAY_URL={watch.pushgateway_url}",
+                       highlight=False, soft_wrap=True)  # fmt: skip
+            _out.print("dashboards: import charts/streamflow/dashboards/*.json into a Grafana pointed at "
+                       f"{url}; Ctrl-C stops both.", highlight=False, soft_wrap=True)  # fmt: skip
+        code = watch.wait()
+        raise StreamflowError(f"a monitoring process exited with code {code}; see {watch.folder}")
+    except KeyboardInterrupt:
+        return None
+    finally:
+        watch.stop()
+
+
 def _require_served_model(settings: Settings) -> None:
     """Locally nothing will promote a model while `serve` waits: a predictor started without one (live, not ready,
     as a fresh cluster's) would only keep `serve` waiting, so say what is missing at once."""

@@ -100,8 +100,14 @@ class Settings(BaseSettings):
     )
     pushgateway_url: str | None = Field(
         default=None,
-        description="Prometheus Pushgateway the drift job pushes its figures to (they are always written to "
+        description="Prometheus Pushgateway every pipeline step pushes its figures to (they are always written to "
         "STREAMFLOW_HOME/metrics/*.prom too).",
+    )
+    # `streamflow monitor` (make monitor): a local Prometheus and Pushgateway on loopback. Not *_PUSHGATEWAY_PORT:
+    # Kubernetes gives every pod STREAMFLOW_PUSHGATEWAY_PORT=tcp://… for the chart's streamflow-pushgateway Service
+    monitor_prometheus_port: int = Field(default=9090, description="Port of the Prometheus `streamflow monitor` runs.")
+    monitor_pushgateway_port: int = Field(
+        default=9091, description="Port of the Pushgateway `streamflow monitor` runs (when no URL is set)."
     )
     log_level: str = Field(default="WARNING", description="Python logging level of the CLI (logs go to stderr).")
 

@@ -47,7 +47,6 @@ PREDICTION = "prediction"
 NUM_METHOD, CAT_METHOD = "wasserstein", "jensenshannon"
 RETRAIN, NO_ACTION = "RETRAIN", "NO_ACTION"
 NULL_CATEGORY = "NULL"  # a contract NULL (plan_stream_* without internet) is a category of its own
-DRIFT_JOB = "streamflow_drift"  # the Pushgateway job; its text file is metrics/streamflow_drift.prom
 
 
 @dataclass
@@ -567,6 +566,6 @@ def export_metrics(settings: Settings, result: DriftResult) -> tuple[Path | None
         (the text file, "ok" / the push error / None when no Pushgateway is configured). A failed push does not
         undo the decision: the file is written and the error is logged and returned.
     """
-    from pipelines.metrics import publish
+    from pipelines.metrics import DRIFT_JOB, publish
 
     return publish(settings, DRIFT_JOB, drift_registry(result))

@@ -38,6 +38,7 @@ PIPELINE_JOB = "streamflow_pipeline"
 INGEST_JOB = "streamflow_ingest"
 MONTHLY_JOB = "streamflow_monthly"
 REGISTRY_JOB = "streamflow_registry"
+DRIFT_JOB = "streamflow_drift"
 PUSH_TIMEOUT = 10.0
 LAST_SUCCESS = "streamflow_step_last_success_timestamp_seconds"
 
@@ -46,6 +47,22 @@ def text_file(settings: Settings, job: str, grouping: Mapping[str, str] | None =
     """The text file of one group: ``<job>[_<value>...].prom`` under the metrics folder."""
     suffix = "".join(f"_{value}" for value in (grouping or {}).values())
     return settings.metrics_dir / f"{job}{suffix}.prom"
+
+
+# the grouping key of each job's files, from the file name (``text_file``): <job>_<value>.prom
+GROUPED_BY = {PIPELINE_JOB: "step", INGEST_JOB: "as_of", MONTHLY_JOB: "as_of", REGISTRY_JOB: None, DRIFT_JOB: None}
+
+
+def text_file_groups(settings: Settings) -> list[tuple[Path, str, dict[str, str]]]:
+    """Every text file of the metrics folder with its job and grouping key (files of other jobs are left out)."""
+    found = []
+    for path in sorted(settings.metrics_dir.glob("*.prom")):
+        for job, key in GROUPED_BY.items():
+            if key is None and path.stem == job:
+                found.append((path, job, {}))
+            elif key is not None and path.stem.startswith(f"{job}_"):
+                found.append((path, job, {key: path.stem.removeprefix(f"{job}_")}))
+    return found
 
 
 def publish(
