@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipelines.monitor import RULES_FILE
-from tests.monitoring.scenario import Scenario, api, scenario
+from tests.monitoring.scenario import Scenario, api
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,12 +44,6 @@ def metrics_of(expr: str) -> set[str]:
     bare = re.sub(r"\{[^}]*\}", "", expr)  # matchers
     bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", bare)
     return set(METRIC.findall(bare))
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
-    with scenario(tmp_path_factory.mktemp("monitoring") / "home") as found:
-        yield found
 
 
 def test_the_scenario_ran_the_loop_and_the_traffic(run: Scenario) -> None:
