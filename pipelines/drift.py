@@ -518,6 +518,11 @@ def drift_registry(result: DriftResult):
     Gauge("streamflow_drift_share_threshold", "Drift share at which the job decides RETRAIN.", registry=registry).set(
         result.thresholds["drift_share"]
     )
+    Gauge(
+        "streamflow_quality_drop_margin",
+        "ROC AUC drop (validation minus realized) beyond which the job decides RETRAIN.",
+        registry=registry,
+    ).set(result.thresholds["quality_drop"])
     flag = Gauge("streamflow_feature_drift", "1 when the feature's drift test failed.", ["feature"], registry=registry)
     score = Gauge(
         "streamflow_feature_drift_score", "Drift score of the feature.", ["feature", "method"], registry=registry

@@ -77,6 +77,7 @@ CATALOGUE = frozenset(
         "streamflow_production_model_version",
         "streamflow_drift_share",
         "streamflow_drift_share_threshold",
+        "streamflow_quality_drop_margin",
         "streamflow_feature_drift",
         "streamflow_feature_drift_score",
         "streamflow_target_drift_score",
@@ -103,7 +104,9 @@ NUDGES = {
     "StreamflowModelReloadFailed": ("> 0)", ">= 0)"),  # below case: no failure in the window
     "StreamflowMissingFeaturesHigh": ("> 0.05", "> 0.039"),  # below case: 4%
     "StreamflowDriftShareHigh": (">= streamflow_drift_share_threshold", ">= streamflow_drift_share_threshold - 0.08"),
-    "StreamflowRealizedAucDropped": ("> 0.05", "> 0.048"),  # below case: a drop of 0.049
+    "StreamflowRealizedAucDropped": (  # below case: a drop of 0.049 against the pushed 0.05
+        "group_left () streamflow_quality_drop_margin", "group_left () (streamflow_quality_drop_margin - 0.002)"
+    ),
     "StreamflowQuarantineRatioHigh": ("> 0.005", "> 0.0048"),  # below case: 0.49%
     "StreamflowMonthlyWorkflowFailed": ("== 0", "== 1"),  # below case: succeeded
     "StreamflowMonthlyWorkflowLate": ("> 35 * 86400", "> 35 * 86400 - 3600"),  # below case: 30 min short

@@ -57,6 +57,7 @@ BATCH_METRICS = {
     "streamflow_production_model_version",
     "streamflow_drift_share",
     "streamflow_drift_share_threshold",
+    "streamflow_quality_drop_margin",
     "streamflow_feature_drift",
     "streamflow_feature_drift_score",
     "streamflow_target_drift_score",

@@ -48,7 +48,6 @@ LATENCY_P99_WARN_SECONDS = 0.1  # StreamflowLatencyP99High
 ERROR_RATIO_PAGE = 0.05  # StreamflowErrorRatioHigh
 DRIFT_SHARE_THRESHOLD = 0.30
 DRIFT_COLUMN_THRESHOLD = 0.1
-QUALITY_DROP_MARGIN = 0.05
 MONTH_SECONDS = 35 * 86400  # StreamflowMonthlyWorkflowLate: the CronWorkflow runs monthly, a month has <= 31 days
 
 PanelBuilder = cogbuilder.Builder[models.Panel]  # timeseries, stat, table and heatmap panels alike
@@ -776,14 +775,16 @@ def quality() -> dashboard.Dashboard:
         series(
             "Validation vs realized AUC",
             "ROC AUC of the judged model version at validation and on the current month's own labels "
-            "(realized), and the line 0.05 below validation (STREAMFLOW_QUALITY_DROP_MARGIN): realized AUC "
+            "(realized), and the line the drift job's margin below validation (STREAMFLOW_QUALITY_DROP_MARGIN, "
+            "pushed as streamflow_quality_drop_margin): realized AUC "
             "under that line decides RETRAIN and warns (StreamflowRealizedAucDropped). Realized AUC drifting down "
             "month after month is the model ageing.",
             "short",
             [
                 _query("max by (model_version, kind) (streamflow_model_auc)", "v{{model_version}} {{kind}}"),
                 _query(
-                    f'max by (model_version) (streamflow_model_auc{{kind="validation"}}) - {QUALITY_DROP_MARGIN}',
+                    'max by (model_version) (streamflow_model_auc{kind="validation"})'
+                    " - on () group_left () max(streamflow_quality_drop_margin)",
                     "v{{model_version}} retrain below",
                 ),
             ],
