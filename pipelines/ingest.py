@@ -155,8 +155,9 @@ def ingest_month(
     ]
     if over:
         detail = ", ".join(f"{name} {share:.1%}" for name, share in over)
+        # the quarantine-ratio alert sees a refused month too (nothing of it loaded)
         refused = {name: {**counts, "loaded": 0} for name, counts in result.tables.items()}
-        quietly(record_ingest, settings, as_of, refused)  # the alert sees the refused month's quarantine too
+        quietly(record_ingest, settings, as_of, refused, refused=True)
         raise QuarantineThresholdExceeded(
             f"{month_dir}: quarantined share over {settings.quarantine_max_share:.1%} in {detail}; "
             f"nothing of as_of {as_of} was loaded. See {result.report_csv}"

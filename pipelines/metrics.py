@@ -72,23 +72,26 @@ def publish(
     grouping: Mapping[str, str] | None = None,
     *,
     replace: bool = True,
+    quiet: bool = False,
 ) -> tuple[Path | None, str | None]:
     """Write the group's text file and push it when a Pushgateway is set.
 
     ``replace``: PUT (the group holds exactly these figures) rather than POST (figures of the same name replaced,
-    others kept).
+    others kept). ``quiet``: a failure is logged at INFO, not WARNING — for figures of a step that failed, whose own
+    error is the one message the user gets.
 
     Returns:
         (the text file or None when it could not be written, "ok" / the failure / None when no Pushgateway is set).
     """
     from prometheus_client import push_to_gateway, pushadd_to_gateway, write_to_textfile
 
+    warn = log.info if quiet else log.warning
     path: Path | None = text_file(settings, job, grouping)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_to_textfile(str(path), registry)  # written beside, then renamed: a scraper never reads half a file
     except OSError as err:
-        log.warning("metrics of %s not written to %s: %s", job, path, err)
+        warn("metrics of %s not written to %s: %s", job, path, err)
         path = None
     if not settings.pushgateway_url:
         return path, None
@@ -97,7 +100,7 @@ def publish(
         push(settings.pushgateway_url, job=job, registry=registry, grouping_key=dict(grouping or {}),
              timeout=PUSH_TIMEOUT)  # fmt: skip
     except OSError as err:  # urllib's URLError and HTTPError are OSErrors
-        log.warning("metrics of %s not pushed to %s: %s", job, settings.pushgateway_url, err)
+        warn("metrics of %s not pushed to %s: %s", job, settings.pushgateway_url, err)
         return path, f"push to {settings.pushgateway_url} failed: {err}"
     return path, "ok"
 
@@ -137,7 +140,7 @@ def record_step(settings: Settings, step: str, started: float, ended: float, ok:
         gauge(LAST_SUCCESS, "When the step last succeeded (unix time).", last_success)
     # the grouping key's labels are on the samples too (same values, as the Pushgateway requires): a text file
     # read without the key still says which step / month it is
-    _, pushed = publish(settings, PIPELINE_JOB, registry, {"step": step}, replace=ok)
+    _, pushed = publish(settings, PIPELINE_JOB, registry, {"step": step}, replace=ok, quiet=not ok)
     return pushed
 
 
@@ -155,8 +158,10 @@ def step(settings: Settings, name: str) -> Iterator[None]:
             log.warning("figures of step %s not published: %s", name, err)
 
 
-def record_ingest(settings: Settings, as_of: date, tables: Mapping[str, Mapping[str, int]]) -> str | None:
-    """Publish a month's rows per table: input, loaded and quarantined (loaded 0 when the month was refused)."""
+def record_ingest(
+    settings: Settings, as_of: date, tables: Mapping[str, Mapping[str, int]], *, refused: bool = False
+) -> str | None:
+    """Publish a month's rows per table: input, loaded and quarantined (``refused``: the month failed, loaded 0)."""
     from prometheus_client import CollectorRegistry, Gauge
 
     registry = CollectorRegistry()
@@ -165,7 +170,7 @@ def record_ingest(settings: Settings, as_of: date, tables: Mapping[str, Mapping[
     for table, counts in tables.items():
         for kind in ("input", "loaded", "quarantined"):
             rows.labels(as_of.isoformat(), table, kind).set(counts[kind])
-    return publish(settings, INGEST_JOB, registry, {"as_of": as_of.isoformat()})[1]
+    return publish(settings, INGEST_JOB, registry, {"as_of": as_of.isoformat()}, quiet=refused)[1]
 
 
 def record_month(settings: Settings, as_of: date, decision: str) -> str | None:
