@@ -68,8 +68,40 @@ def curl_line(settings: Settings, user_ids: list[str]) -> str:
     return f"curl -s {host}:{settings.transformer_http_port}/v2/models/{settings.served_model_name}/infer -d '{body}'"
 
 
+class LocalProcesses:
+    """Named processes (``self.procs``), each in its own process group, logging to ``<log_dir>/<name>.log``."""
+
+    procs: dict[str, subprocess.Popen]
+    log_dir: Path
+
+    def _tail(self, name: str, lines: int = 6) -> str:
+        path = self.log_dir / f"{name}.log"
+        text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+        return " | ".join(text[-lines:]) + f" (log: {path})"
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM every group (servers finish in-flight requests), SIGKILL what is still there after ``grace`` s."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=grace)
+
+    def wait(self) -> int:
+        """Block until one process exits (or a signal stops us); returns its exit code."""
+        while True:
+            for proc in self.procs.values():
+                if proc.poll() is not None:
+                    return proc.returncode
+            time.sleep(0.5)
+
+
 @dataclass
-class LocalServers:
+class LocalServers(LocalProcesses):
     """Predictor + transformer on ``settings.serve_host``; use as a context manager."""
 
     settings: Settings
@@ -130,31 +162,6 @@ class LocalServers:
         problem = wait_answering(f"{base}/v2/health/ready", self.procs[name], self.startup_timeout)
         if problem:
             raise StreamflowError(f"the {name} {problem}: {self._tail(name)}")
-
-    def _tail(self, name: str, lines: int = 6) -> str:
-        path = self.log_dir / f"{name}.log"
-        text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
-        return " | ".join(text[-lines:]) + f" (log: {path})"
-
-    def stop(self) -> None:
-        """SIGTERM both (they finish in-flight requests), SIGKILL what is still there after 15 s."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
-
-    def wait(self) -> int:
-        """Block until one server exits (or a signal stops us); returns its exit code."""
-        while True:
-            for proc in self.procs.values():
-                if proc.poll() is not None:
-                    return proc.returncode
-            time.sleep(0.5)
 
     def infer(self, user_ids: list[str]) -> dict[str, Any]:
         """One v2 request through the transformer, as a client sends it."""

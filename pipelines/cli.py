@@ -889,7 +889,7 @@ def monitor(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     except KeyboardInterrupt:
         return None
     finally:
-        watch.stop()
+        watch.stop(grace=30)
 
 
 def _require_served_model(settings: Settings) -> None:

@@ -10,9 +10,7 @@ start, so the pipelines and quality dashboards have something to show at once.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import urllib.request
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from model_server.local import LocalProcesses
 from pipelines.config import Settings
 from pipelines.errors import NotFound, StreamflowError
 
@@ -56,7 +55,7 @@ def prometheus_config(
 
 
 @dataclass
-class LocalMonitor:
+class LocalMonitor(LocalProcesses):
     """Prometheus (+ a Pushgateway unless ``STREAMFLOW_PUSHGATEWAY_URL`` names one) on loopback; a context manager.
 
     ``interval``: scrape and rule evaluation interval (5 s here, against the chart's 30 s: one machine, a few series).
@@ -71,6 +70,10 @@ class LocalMonitor:
     @property
     def folder(self) -> Path:
         return self.settings.home / "monitor"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.folder
 
     @property
     def prometheus_url(self) -> str:
@@ -115,7 +118,7 @@ class LocalMonitor:
                         raise StreamflowError(f"{name} {problem}: {self._tail(name)}")
             self.replay()
         except BaseException:
-            self.stop()
+            self.stop(grace=30)
             raise
         return self
 
@@ -132,35 +135,8 @@ class LocalMonitor:
                 pushed.append(path.name)
         return pushed
 
-    def _tail(self, name: str, lines: int = 6) -> str:
-        path = self.folder / f"{name}.log"
-        text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
-        return " | ".join(text[-lines:]) + f" (log: {path})"
-
-    def stop(self) -> None:
-        """SIGTERM what this monitor started (Prometheus writes its head block), SIGKILL after 30 s."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-
-    def wait(self) -> int:
-        """Block until one process exits; its exit code."""
-        import time
-
-        while True:
-            for proc in self.procs.values():
-                if proc.poll() is not None:
-                    return proc.returncode
-            time.sleep(0.5)
-
     def __enter__(self) -> LocalMonitor:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.stop(grace=30)  # Prometheus writes its head block on SIGTERM

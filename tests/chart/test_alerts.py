@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.chart.catalogue import catalogue
 from tests.chart.conftest import CHART, ROOT, SCENARIOS, crd_validator, rendered, strip, values_of
 from tests.chart.test_render import object_problems
 
@@ -47,48 +48,7 @@ ANNOTATIONS = {"summary", "description", "runbook_url"}
 SECTION_PARTS = ("**What it means.**", "**What to check.**", "**What to do.**")
 OVER, BELOW = "over the threshold", "just below the threshold"
 
-# The metric catalogue of issue 18: the only series dashboards and rules may read (histograms by their series names).
-CATALOGUE = frozenset(
-    {
-        "up",
-        # servers
-        "streamflow_requests_total",
-        "streamflow_request_duration_seconds_bucket",
-        "streamflow_request_duration_seconds_sum",
-        "streamflow_request_duration_seconds_count",
-        "streamflow_requests_in_flight",
-        "streamflow_predictions_total",
-        "streamflow_churn_probability_bucket",
-        "streamflow_churn_probability_sum",
-        "streamflow_churn_probability_count",
-        "streamflow_missing_features_total",
-        "streamflow_model_info",
-        "streamflow_registry_reachable",
-        "streamflow_model_reloads_total",
-        "streamflow_model_load_failures_total",
-        "streamflow_model_version_pending",
-        # batch figures (Pushgateway)
-        "streamflow_step_duration_seconds",
-        "streamflow_step_last_run_timestamp_seconds",
-        "streamflow_step_last_success_timestamp_seconds",
-        "streamflow_step_success",
-        "streamflow_ingest_rows",
-        "streamflow_monthly_decision",
-        "streamflow_production_model_version",
-        "streamflow_drift_share",
-        "streamflow_drift_share_threshold",
-        "streamflow_quality_drop_margin",
-        "streamflow_feature_drift",
-        "streamflow_feature_drift_score",
-        "streamflow_target_drift_score",
-        "streamflow_target_drift",
-        "streamflow_prediction_drift_score",
-        "streamflow_model_auc",
-        "streamflow_drift_decision",
-        "streamflow_drift_run_info",
-        "streamflow_drift_last_run_timestamp_seconds",
-    }
-)
+CATALOGUE = catalogue()  # the only series dashboards and rules may read (tests/chart/catalogue.py)
 
 # A change of each alert's expression that moves its threshold just past the value its "just below" case sits at:
 # with it, that case must fire. So the below case is within this distance of the threshold, and the threshold in the
@@ -105,7 +65,8 @@ NUDGES = {
     "StreamflowMissingFeaturesHigh": ("> 0.05", "> 0.039"),  # below case: 4%
     "StreamflowDriftShareHigh": (">= streamflow_drift_share_threshold", ">= streamflow_drift_share_threshold - 0.08"),
     "StreamflowRealizedAucDropped": (  # below case: a drop of 0.049 against the pushed 0.05
-        "group_left () streamflow_quality_drop_margin", "group_left () (streamflow_quality_drop_margin - 0.002)"
+        "group_left () streamflow_quality_drop_margin",
+        "group_left () (streamflow_quality_drop_margin - 0.002)",
     ),
     "StreamflowQuarantineRatioHigh": ("> 0.005", "> 0.0048"),  # below case: 0.49%
     "StreamflowMonthlyWorkflowFailed": ("== 0", "== 1"),  # below case: succeeded

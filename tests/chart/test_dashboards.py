@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.chart.catalogue import catalogue
 from tests.chart.conftest import CHART, SCENARIOS, render, rendered, strip, values_of
 from tests.chart.test_render import object_problems
 
@@ -32,43 +33,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 CONFIGMAP_LIMIT = 1024 * 1024  # Kubernetes refuses a ConfigMap over 1 MiB
 LABEL = ("grafana_dashboard", "1")
 
-# The metric names StreamFlow emits (model_server/server.py, the batch jobs' pushes): the only names a dashboard may
-# query, besides Prometheus' own `up`. A histogram is listed by its three series.
-SERVER_METRICS = {
-    "streamflow_requests_total",
-    *(f"streamflow_request_duration_seconds_{s}" for s in ("bucket", "sum", "count")),
-    "streamflow_requests_in_flight",
-    "streamflow_predictions_total",
-    *(f"streamflow_churn_probability_{s}" for s in ("bucket", "sum", "count")),
-    "streamflow_missing_features_total",
-    "streamflow_model_info",
-    "streamflow_registry_reachable",
-    "streamflow_model_reloads_total",
-    "streamflow_model_load_failures_total",
-    "streamflow_model_version_pending",
-}
-BATCH_METRICS = {
-    "streamflow_step_duration_seconds",
-    "streamflow_step_last_run_timestamp_seconds",
-    "streamflow_step_last_success_timestamp_seconds",
-    "streamflow_step_success",
-    "streamflow_ingest_rows",
-    "streamflow_monthly_decision",
-    "streamflow_production_model_version",
-    "streamflow_drift_share",
-    "streamflow_drift_share_threshold",
-    "streamflow_quality_drop_margin",
-    "streamflow_feature_drift",
-    "streamflow_feature_drift_score",
-    "streamflow_target_drift_score",
-    "streamflow_target_drift",
-    "streamflow_prediction_drift_score",
-    "streamflow_model_auc",
-    "streamflow_drift_decision",
-    "streamflow_drift_run_info",
-    "streamflow_drift_last_run_timestamp_seconds",
-}
-CATALOGUE = SERVER_METRICS | BATCH_METRICS | {"up"}
+CATALOGUE = catalogue()  # the names StreamFlow emits, and `up` (tests/chart/catalogue.py)
 # figures a dashboard may leave out: a histogram's _sum and _count (its quantiles and heatmap read the buckets)
 UNSHOWN = {
     f"{h}_{s}"

@@ -36,7 +36,7 @@ from pipelines.online import feature_names, open_store
 from pipelines.registry import MODEL_NAME
 from pipelines.snapshot import take_snapshot
 from pipelines.train import categorical_features, promote, train
-from tests.conftest import free_port, stop_group, wait_http
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -239,48 +239,36 @@ def test_a_feature_null_in_every_row_of_one_month_is_drifted_not_a_crash(loop: L
 # ------------------------------------------------------------------------------------------------ Prometheus
 
 
-def test_figures_are_written_as_prometheus_text_and_pushed_to_a_real_pushgateway(loop: Loop, tmp_path: Path) -> None:
+def test_figures_are_written_as_prometheus_text_and_pushed_to_a_real_pushgateway(loop: Loop, pushgateway: str) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    binary = shutil.which("prometheus-pushgateway")
-    if binary is None:
-        pytest.skip("needs prometheus-pushgateway (.ci/run installs it)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={tmp_path / 'pgw'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_http(f"http://127.0.0.1:{port}/-/ready", proc, what="pushgateway")
-        settings = loop.settings.model_copy(update={"pushgateway_url": f"http://127.0.0.1:{port}"})
-        result = run_drift(settings, loop.db, COVARIATE, store=loop.store)
-        assert result.pushed == "ok"
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-            scraped = resp.read().decode()
-        samples = {
-            (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("job", "instance")))): s.value
-            for family in text_string_to_metric_families(scraped)
-            for s in family.samples
-            if s.labels.get("job") == "streamflow_drift"
-        }
-        assert samples[("streamflow_drift_share", ())] == pytest.approx(result.drift_share)
-        assert samples[("streamflow_drift_decision", ())] == 1
-        assert samples[("streamflow_feature_drift", (("feature", "watch_hours_30d"),))] == 1
-        assert samples[("streamflow_feature_drift", (("feature", "paperless_billing"),))] == 0
-        key = ("streamflow_model_auc", (("kind", "realized"), ("model_version", "1")))
-        assert samples[key] == pytest.approx(result.realized_auc)
-        # the text file a node-exporter textfile collector reads: same figures, valid for promtool
-        text = result.metrics_file.read_text()
-        assert "streamflow_drift_share " in text and 'decision="RETRAIN"' in text
-        if shutil.which("promtool"):
-            check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
-            assert check.returncode == 0, check.stdout + check.stderr
-        # an unreachable Pushgateway does not undo the decision: the file is written, the error reported
-        stop_group(proc)
-        down = export_metrics(settings, result)
-        assert down[0] == result.metrics_file and down[1].startswith(f"push to http://127.0.0.1:{port} failed")
-    finally:
-        stop_group(proc)
+    settings = loop.settings.model_copy(update={"pushgateway_url": pushgateway})
+    result = run_drift(settings, loop.db, COVARIATE, store=loop.store)
+    assert result.pushed == "ok"
+    with urllib.request.urlopen(f"{pushgateway}/metrics", timeout=10) as resp:
+        scraped = resp.read().decode()
+    samples = {
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("job", "instance")))): s.value
+        for family in text_string_to_metric_families(scraped)
+        for s in family.samples
+        if s.labels.get("job") == "streamflow_drift"
+    }
+    assert samples[("streamflow_drift_share", ())] == pytest.approx(result.drift_share)
+    assert samples[("streamflow_drift_decision", ())] == 1
+    assert samples[("streamflow_feature_drift", (("feature", "watch_hours_30d"),))] == 1
+    assert samples[("streamflow_feature_drift", (("feature", "paperless_billing"),))] == 0
+    key = ("streamflow_model_auc", (("kind", "realized"), ("model_version", "1")))
+    assert samples[key] == pytest.approx(result.realized_auc)
+    # the text file a node-exporter textfile collector reads: same figures, valid for promtool
+    text = result.metrics_file.read_text()
+    assert "streamflow_drift_share " in text and 'decision="RETRAIN"' in text
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    # an unreachable Pushgateway does not undo the decision: the file is written, the error reported
+    down_url = f"http://127.0.0.1:{free_port()}"
+    down = export_metrics(settings.model_copy(update={"pushgateway_url": down_url}), result)
+    assert down[0] == result.metrics_file and down[1].startswith(f"push to {down_url} failed")
 
 
 # ------------------------------------------------------------------------------------------------ monthly
