@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/
 UV_VERSION ?= 0.13.9
 export STREAMFLOW_HOME ?= .streamflow
 
-.PHONY: setup demo serve monitor test test-fast bench dashboards lint clean help
+.PHONY: setup demo serve monitor test test-fast bench dashboards pictures lint clean help
 .PHONY: lock kind-up images base-image deploy bootstrap upload-month port-forward e2e kind-down
 
 help:
@@ -18,6 +18,7 @@ help:
 	@echo "make test   - the whole test suite (unit, integration with real Postgres, real servers)"
 	@echo "make bench  - benchmarks; results in bench/results/*.json"
 	@echo "make dashboards - regenerate the Grafana dashboards (charts/streamflow/dashboards/*.json) from build.py"
+	@echo "make pictures - redraw docs/img/dashboards/*.png from a real Prometheus after a scenario run (~3 min)"
 	@echo "make setup  - only create $(VENV) with the locked dependencies"
 	@echo "Kubernetes (kind; versions pinned in manifests/versions.env):"
 	@echo "make kind-up        - kind cluster $(KIND_CLUSTER) + cert-manager, KServe, Argo Workflows, Prometheus/Grafana"
@@ -65,6 +66,12 @@ bench: $(STAMP)
 # The Grafana dashboards the chart ships: edit charts/streamflow/dashboards/build.py, then regenerate their JSON.
 dashboards: $(STAMP)
 	$(PY) charts/streamflow/dashboards/build.py
+
+# The README's dashboard pictures: the monitoring scenario (three months, both servers, traffic) under a real
+# Prometheus in a temporary STREAMFLOW_HOME, each dashboard's panels drawn from it (no Grafana server needed).
+pictures: $(STAMP)
+	@bash tests/system-deps.sh
+	$(PY) -m tests.monitoring.pictures --out docs/img/dashboards
 
 lint: $(STAMP)
 	$(PY) -m ruff check pipelines model_server tests bench
