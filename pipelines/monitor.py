@@ -39,10 +39,11 @@ def prometheus_config(
     """The scrape configuration: both servers (target label ``server``, as the chart's PodMonitor sets it) and the
     Pushgateway with ``honor_labels`` (pushed series keep their own ``job``)."""
     host = settings.serve_host if settings.serve_host not in ("0.0.0.0", "::") else "127.0.0.1"
-    servers = [
-        {"targets": [f"{host}:{port}"], "labels": {"server": name}}
-        for name, port in (("transformer", settings.transformer_http_port), ("predictor", settings.predictor_http_port))
-    ]
+    servers = [  # the labels the chart's PodMonitor gives its targets: server, and the alias the predictor follows
+        {"targets": [f"{host}:{settings.transformer_http_port}"], "labels": {"server": "transformer"}},
+        {"targets": [f"{host}:{settings.predictor_http_port}"],
+         "labels": {"server": "predictor", "alias": settings.model_alias}},
+    ]  # fmt: skip
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(rules)],
@@ -98,7 +99,11 @@ class LocalMonitor(LocalProcesses):
         commands: dict[str, list[str]] = {}
         if not self.settings.pushgateway_url:
             port = self.settings.monitor_pushgateway_port
-            commands["pushgateway"] = [binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"]
+            # its own persistence file: Debian's default is one machine-wide file every Pushgateway would start from
+            commands["pushgateway"] = [
+                binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}",
+                f"--persistence.file={self.folder / 'pushgateway.data'}",
+            ]  # fmt: skip
         config = self.folder / "prometheus.yml"
         config.write_text(yaml.safe_dump(prometheus_config(self.settings, self.pushgateway_url, self.rules,
                                                            self.interval), sort_keys=False))  # fmt: skip

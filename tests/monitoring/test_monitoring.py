@@ -164,6 +164,9 @@ def test_streamflow_monitor_runs_prometheus_with_the_rules_and_replays_written_f
         config = yaml.safe_load(api(ready["prometheus"], "status/config", {})["yaml"])
         gateway = next(c for c in config["scrape_configs"] if c["job_name"] == "pushgateway")
         assert gateway["honor_labels"] is True
+        pushgateway_pid = ready["pids"]["pushgateway"]
+        cmdline = Path(f"/proc/{pushgateway_pid}/cmdline").read_bytes().split(b"\0")
+        assert f"--persistence.file={settings.home / 'monitor' / 'pushgateway.data'}".encode() in cmdline
         wait_for(lambda: bool(api(ready["prometheus"], "rules", {})["groups"]), "Prometheus to load the rules")
         names = {r["name"] for g in api(ready["prometheus"], "rules", {})["groups"] for r in g["rules"]}
         assert names == {name for name, _ in rule_queries()}
@@ -174,7 +177,11 @@ def test_streamflow_monitor_runs_prometheus_with_the_rules_and_replays_written_f
         assert proc.wait(timeout=60) == 0, proc.stderr.read()
         for pid in pids:
             wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), f"process {pid} to stop", timeout=30)
-    finally:
+    finally:  # on a failure too: Ctrl-C first, so the monitor stops the processes it started
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
