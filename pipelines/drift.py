@@ -421,14 +421,16 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _save_reports(result: DriftResult) -> None:
-    """Evidently's HTML and JSON (atomically: a reader never sees half a report)."""
+    """The HTML a person opens (the decision first, then Evidently's widgets: :mod:`pipelines.report`) and
+    Evidently's JSON, atomically: a reader never sees half a report."""
+    from pipelines.report import render_html
+
+    page = render_html(result)
+    _atomic_write(result.report_html, lambda p: Path(p).write_text(page, encoding="utf-8"))
     snapshot = result.comparison.snapshot
-    if snapshot is None:  # every column was NULL somewhere: nothing for Evidently to draw
-        empty = "<html><body><p>No column could be compared (NULL in every row).</p></body></html>"
-        _atomic_write(result.report_html, lambda p: Path(p).write_text(empty))
+    if snapshot is None:  # every column was NULL somewhere: nothing for Evidently to report
         _atomic_write(result.report_json, lambda p: Path(p).write_text(json.dumps({"metrics": [], "tests": []})))
         return
-    _atomic_write(result.report_html, snapshot.save_html)
     _atomic_write(result.report_json, snapshot.save_json)
 
 
