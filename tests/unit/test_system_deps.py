@@ -13,7 +13,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "system-deps.sh"
 # the tool each Debian package brings, in the order the script checks them
 PACKAGES = {"pg_ctl": "postgresql", "prometheus": "prometheus", "prometheus-pushgateway": "prometheus-pushgateway",
-            "dockerd": "docker.io", "debootstrap": "debootstrap"}  # fmt: skip
+            "dockerd": "docker.io", "debootstrap": "debootstrap", "chromium": "chromium"}  # fmt: skip
 EVERYTHING = list(PACKAGES.values())
 
 
