@@ -490,7 +490,12 @@ def dataset_build(
 def train(
     ctx: typer.Context,
     as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of a snapshot with labels."),
-    model: str | None = typer.Option(None, "--model", help="hgb (default), rf (course baseline) or logreg."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="auto (default: the family 5-fold CV on the training split prefers among logreg, spline and hgb), "
+        "or one family: hgb, rf (course baseline), logreg, spline.",
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Split and model seed (default STREAMFLOW_SEED)."),
     as_json: bool = JsonOption,
 ) -> dict[str, Any]:
@@ -595,7 +600,9 @@ def _print_drift(result: Any) -> None:
 def retrain(
     ctx: typer.Context,
     as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of the month to train the challenger on."),
-    model: str | None = typer.Option(None, "--model", help="hgb (default), rf or logreg."),
+    model: str | None = typer.Option(
+        None, "--model", help="auto (default: chosen by cross-validation), or hgb, rf, logreg, spline."
+    ),
     as_json: bool = JsonOption,
 ) -> dict[str, Any]:
     """Train a challenger on an as_of and run the gate; the running predictor picks up a promotion by itself."""
@@ -655,6 +662,45 @@ def monthly(
             f"{month_dir.name} (as_of {result.as_of}): {result.decision}; production = v{result.production_version}"
         )
     return {"ok": True, **result.to_json()}
+
+
+@app.command()
+@command(changes_state=True)
+def score(
+    ctx: typer.Context,
+    as_of: str = typer.Option(..., "--as-of", help="YYYY-MM-DD of the snapshot whose users are scored."),
+    top: int | None = typer.Option(
+        None, "--top", min=1, metavar="N", help="Rows of the CSV list (default: the top decile)."
+    ),
+    as_json: bool = JsonOption,
+) -> dict[str, Any]:
+    """Every user of the as_of's snapshot scored by the production model: the churn_scores table, a parquet of all
+    and a CSV of the top N under STREAMFLOW_HOME/scores/<as_of>/, one MLflow run (safe to re-run)."""
+    from pipelines.metrics import quietly, record_scores
+    from pipelines.months import parse_as_of
+    from pipelines.score import score as run_score
+
+    when = parse_as_of(as_of)
+    settings = _settings(ctx)
+    with _database(ctx) as db:
+        result = run_score(settings, db, when, top=top)
+    quietly(record_scores, settings, result)
+    if not as_json:
+        _print_scores(result.to_json())
+    return {"ok": True, **result.to_json()}
+
+
+def _print_scores(scored: dict[str, Any]) -> None:
+    table = RichTable("rank", "user_id", "churn_probability", "churn_label", "decile", title=(
+        f"churn list of {scored['as_of']} (model version {scored['model_version']}, {scored['rows']:,} users, "
+        f"{scored['share_above_threshold']:.1%} at or above the threshold {scored['threshold']:.3f})"
+    ))  # fmt: skip
+    for row in scored["head"]:
+        table.add_row(str(row["rank"]), row["user_id"], f"{row['probability']:.4f}", str(row["label"]),
+                      str(row["risk_decile"]))  # fmt: skip
+    _out.print(table)
+    _out.print(f"top {scored['top_n']:,}: {scored['csv']}", highlight=False, soft_wrap=True)
+    _out.print(f"every user: {scored['parquet']}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -41,6 +41,20 @@ from pipelines.tables import (
 
 QUARANTINE_DB_COLUMNS = ("as_of", "table_name", "file", "line", "column_name", "value", "reason", "raw_row")
 
+# the retention list `streamflow score` writes (pipelines.score): one row per user of a month and model version;
+# rank 1 is the riskiest user, risk_decile 1 the riskiest tenth, label 1 at or above the version's threshold
+SCORE_COLUMNS = ("user_id", "as_of", "model_version", "probability", "label", "rank", "risk_decile")
+CHURN_SCORES_DDL = """CREATE TABLE IF NOT EXISTS churn_scores (
+    user_id TEXT NOT NULL,
+    as_of DATE NOT NULL,
+    model_version TEXT NOT NULL,
+    probability DOUBLE PRECISION NOT NULL,
+    label INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    risk_decile INTEGER NOT NULL,
+    PRIMARY KEY (as_of, model_version, user_id)
+)"""
+
 
 class Database(ABC):
     """Storage of raw months, quarantine and snapshots."""
@@ -118,6 +132,22 @@ class Database(ABC):
                 frame = pd.DataFrame({"user_id": list(user_ids), "as_of": as_of})
                 self._insert_frame("online_users", ("user_id", "as_of"), frame)
 
+    def replace_scores(self, as_of: date, model_version: str, frame: pd.DataFrame) -> None:
+        """Write the list of one as_of and model version (columns :data:`SCORE_COLUMNS`) in one transaction,
+        replacing only that pair's earlier rows."""
+        with self.transaction():
+            self._execute("DELETE FROM churn_scores WHERE as_of = ? AND model_version = ?", (as_of, model_version))
+            if len(frame):
+                self._insert_frame("churn_scores", SCORE_COLUMNS, frame)
+
+    def read_scores(self, as_of: date, model_version: str | None = None) -> pd.DataFrame:
+        """The stored list of ``as_of`` (one model version, or every one), by version then rank."""
+        where, params = "as_of = ?", (as_of,)
+        if model_version is not None:
+            where, params = where + " AND model_version = ?", (as_of, model_version)
+        cols = ", ".join(SCORE_COLUMNS)
+        return self.query(f"SELECT {cols} FROM churn_scores WHERE {where} ORDER BY model_version, rank", params)
+
     def replace_month(self, table: Table, as_of: date, frame: pd.DataFrame) -> None:
         """Write one month of one table: the month's previous rows are replaced (upsert + removal of stale keys)."""
         if table.per_month:
@@ -159,6 +189,7 @@ class Database(ABC):
         self._execute(SNAPSHOT_RUNS_DDL)
         self._execute(MONTHLY_RUNS_DDL)
         self._execute(ONLINE_USERS_DDL)
+        self._execute(CHURN_SCORES_DDL)
         if snapshot_tables:
             for snap in SNAPSHOTS:
                 self._execute(snapshot_ddl(snap))

@@ -13,6 +13,8 @@ Groups (the Pushgateway's grouping key is ``job`` plus the labels named here; on
 - ``streamflow_monthly`` / ``as_of``: ``streamflow_monthly_decision{as_of,decision}`` = 1.
 - ``streamflow_registry``: ``streamflow_production_model_version`` after a gate or a rollback.
 - ``streamflow_drift``: the drift job's figures (:mod:`pipelines.drift`).
+- ``streamflow_score`` / ``as_of``: the month's list (:mod:`pipelines.score`) — ``streamflow_score_rows``,
+  ``streamflow_score_share_above_threshold`` and ``streamflow_score_mean_probability``, each ``{as_of}``.
 
 Publishing never fails the work it describes: a failed push or an unwritable folder is logged and reported.
 """
@@ -39,6 +41,7 @@ INGEST_JOB = "streamflow_ingest"
 MONTHLY_JOB = "streamflow_monthly"
 REGISTRY_JOB = "streamflow_registry"
 DRIFT_JOB = "streamflow_drift"
+SCORE_JOB = "streamflow_score"
 PUSH_TIMEOUT = 10.0
 LAST_SUCCESS = "streamflow_step_last_success_timestamp_seconds"
 
@@ -50,7 +53,8 @@ def text_file(settings: Settings, job: str, grouping: Mapping[str, str] | None =
 
 
 # the grouping key of each job's files, from the file name (``text_file``): <job>_<value>.prom
-GROUPED_BY = {PIPELINE_JOB: "step", INGEST_JOB: "as_of", MONTHLY_JOB: "as_of", REGISTRY_JOB: None, DRIFT_JOB: None}
+GROUPED_BY = {PIPELINE_JOB: "step", INGEST_JOB: "as_of", MONTHLY_JOB: "as_of", REGISTRY_JOB: None, DRIFT_JOB: None,
+              SCORE_JOB: "as_of"}  # fmt: skip
 
 
 def text_file_groups(settings: Settings) -> list[tuple[Path, str, dict[str, str]]]:
@@ -193,6 +197,23 @@ def record_production(settings: Settings, version: str | None) -> str | None:
     Gauge("streamflow_production_model_version", "The registered model version holding alias 'production'.",
           registry=registry).set(int(version))  # fmt: skip
     return publish(settings, REGISTRY_JOB, registry)[1]
+
+
+def record_scores(settings: Settings, result) -> str | None:
+    """Publish a month's list (a :class:`pipelines.score.ScoreResult`): users scored, the share at or above the
+    model's threshold and the mean probability, grouped by as_of (the version that scored is a label)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    as_of = result.as_of.isoformat()
+    for name, doc, value in (
+        ("streamflow_score_rows", "Users scored by `streamflow score` for the month.", result.rows),
+        ("streamflow_score_share_above_threshold", "Share of the month's users at or above the production model's "
+         "threshold (churn_label 1).", result.share_above_threshold),
+        ("streamflow_score_mean_probability", "Mean churn probability of the month's users.", result.mean_probability),
+    ):  # fmt: skip
+        Gauge(name, doc, ["as_of", "model_version"], registry=registry).labels(as_of, result.model_version).set(value)
+    return publish(settings, SCORE_JOB, registry, {"as_of": as_of})[1]
 
 
 def quietly(fn, *args, **kwargs) -> str | None:
