@@ -1,8 +1,8 @@
 """``streamflow retrain`` and ``streamflow monthly``: the closed loop, one month at a time.
 
 ``monthly`` is the sequence the monthly Argo workflow runs, in one process: ingest → snapshot → materialize → drift →
-retrain if the decision says so → gate. The predictor polls the registry, so a promotion reaches the served model
-without a redeploy.
+retrain if the decision says so → gate → score (the month's list, by the model in production after the gate). The
+predictor polls the registry, so a promotion reaches the served model without a redeploy.
 
 Both are safe to re-run for the same month. ``retrain`` finds a version already trained on the same training set
 (same as_of, data hash, model kind and seed) and reports its gate decision instead of registering a twin; ``monthly``
@@ -24,7 +24,7 @@ from typing import Any
 from pipelines.config import Settings
 from pipelines.db import Database
 from pipelines.errors import InvalidInput, NotFound
-from pipelines.metrics import quietly, record_month, record_production, step
+from pipelines.metrics import quietly, record_month, record_production, record_scores, step
 
 
 @dataclass
@@ -52,11 +52,13 @@ def _same_training(client, as_of: date, kind: str, seed: int, data_hash: str):
     """The newest version trained on exactly this training set with this kind and seed, or None."""
     from pipelines.registry import MODEL_NAME
 
-    wanted = {"as_of": as_of.isoformat(), "model_kind": kind, "seed": str(seed), "training_set_sha256": data_hash}
+    wanted = {"as_of": as_of.isoformat(), "seed": str(seed), "training_set_sha256": data_hash}
     found = [
         v
         for v in client.search_model_versions(f"name = '{MODEL_NAME}'")
         if all(v.tags.get(k) == value for k, value in wanted.items())
+        # what was asked ("auto" or a family); versions older than that tag recorded only the family
+        and v.tags.get("model_request", v.tags.get("model_kind")) == kind
     ]
     return max(found, key=lambda v: int(v.version), default=None)
 
@@ -183,6 +185,29 @@ def run_monthly(
 
 
 def _run_month(
+    settings: Settings, db: Database, month_dir: Path, as_of: date, *, store, log: Callable[[str], None]
+) -> MonthlyResult:
+    """The month's decision, then its list: every user of the month scored by the model in production after the
+    decision (whichever path it took), so the retention team's list never comes from a model the gate replaced."""
+    from pipelines.score import score
+
+    result = _decide_month(settings, db, month_dir, as_of, store=store, log=log)
+    result.steps["score"] = None
+    if result.production_version is None:
+        return result
+    with step(settings, "score"):
+        # its own store: on a first month the decision registered the feature repo after a caller's store opened
+        scored = score(settings, db, as_of)
+    quietly(record_scores, settings, scored)
+    result.steps["score"] = scored.to_json()
+    log(
+        f"scored {scored.rows:,} users of {as_of} with v{scored.model_version}: "
+        f"{scored.share_above_threshold:.1%} at or above the threshold; top {scored.top_n:,} in {scored.csv}"
+    )
+    return result
+
+
+def _decide_month(
     settings: Settings, db: Database, month_dir: Path, as_of: date, *, store, log: Callable[[str], None]
 ) -> MonthlyResult:
     from pipelines.drift import RETRAIN, run_drift

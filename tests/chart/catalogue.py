@@ -17,6 +17,10 @@ BATCH_METRICS = frozenset(
         "streamflow_ingest_rows",
         "streamflow_monthly_decision",
         "streamflow_production_model_version",
+        # pipelines/metrics.py record_scores: the month's retention list (streamflow score)
+        "streamflow_score_rows",
+        "streamflow_score_share_above_threshold",
+        "streamflow_score_mean_probability",
         # pipelines/drift.py
         "streamflow_drift_share",
         "streamflow_drift_share_threshold",

@@ -265,7 +265,7 @@ def test_every_project_container_has_a_known_entrypoint(scenario: str) -> None:
     leaves = {" ".join(parse_streamflow(r.args)[0]) for r in runs_of(scenario) if family(r) == "streamflow"}
     wanted = {"smoke"} | (
         {"data generate", "ingest", "snapshot", "features apply", "features materialize", "train", "promote", "drift",
-         "monthly"} if values["workflows"]["enabled"] else set()
+         "monthly", "score"} if values["workflows"]["enabled"] else set()
     )  # fmt: skip
     assert leaves == wanted, f"[{scenario}] streamflow commands rendered: {sorted(leaves)}"
 

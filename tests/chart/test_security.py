@@ -147,7 +147,7 @@ EXPECTED_DEFAULT_PODS = sorted(
         f"WorkflowTemplate/{RELEASE}-ingest:snapshot", f"WorkflowTemplate/{RELEASE}-ingest:features-apply",
         f"WorkflowTemplate/{RELEASE}-ingest:materialize", f"WorkflowTemplate/{RELEASE}-train:train",
         f"WorkflowTemplate/{RELEASE}-train:promote", f"WorkflowTemplate/{RELEASE}-drift:drift",
-        f"WorkflowTemplate/{RELEASE}-monthly:main",
+        f"WorkflowTemplate/{RELEASE}-monthly:main", f"WorkflowTemplate/{RELEASE}-score:main",
     ]
 )  # fmt: skip
 

@@ -210,3 +210,25 @@ def test_cli_json_contract_and_exit_codes(production, tmp_path) -> None:
     }
     share = samples["streamflow_score_share_above_threshold"].value
     assert share == pytest.approx(answer["share_above_threshold"])
+
+
+# ------------------------------------------------------------------------------------------------ in the loop
+
+
+@pytest.mark.parametrize("settings", ["embedded"], indirect=True)
+def test_monthly_scores_each_month_with_the_model_in_production_after_its_gate(settings, months_dir) -> None:
+    from pipelines.db import connect
+    from pipelines.monthly import run_monthly
+
+    db = connect(settings)
+    try:
+        for month, as_of in (("month_000", JAN), ("month_001", FEB)):
+            result = run_monthly(settings, db, months_dir / month)
+            scored = result.to_json()["score"]
+            assert scored["as_of"] == as_of.isoformat()
+            assert scored["model_version"] == result.production_version
+            assert set(db.read_scores(as_of, result.production_version)["user_id"]) == set(db.snapshot_user_ids(as_of))
+    finally:
+        db.close()
+    # the stage is published as a step of its own
+    assert "streamflow_step_success" in (settings.metrics_dir / "streamflow_pipeline_score.prom").read_text()

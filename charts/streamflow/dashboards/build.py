@@ -525,7 +525,8 @@ def _probability_heatmap():
 
 
 def pipelines() -> dashboard.Dashboard:
-    """The batch steps (pushed to the Pushgateway): their last runs, the months ingested and the monthly decision."""
+    """The batch steps (pushed to the Pushgateway): their last runs, the months ingested, the monthly decision and
+    the month's retention list (`streamflow score`)."""
     steps = [
         single(
             "Last run succeeded, per step",
@@ -637,12 +638,42 @@ def pipelines() -> dashboard.Dashboard:
             width=8,
         ),
     ]
+    scores = [
+        grid(
+            "Users scored per month",
+            "Users of each month's snapshot on the retention list (`streamflow score`, run by monthly after the "
+            "gate, or by hand with the streamflow-score workflow). It should equal the month's users: fewer "
+            "means the list was not rebuilt after a corrected re-ingest.",
+            "short",
+            [_query("max by (as_of) (streamflow_score_rows)", instant=True, fmt=PromQueryFormat.TABLE)],
+            transformations=[_hide("Time")],
+            width=8,
+        ),
+        grid(
+            "Risk on the list per month",
+            "Per month (as_of): the share of users at or above the production model's threshold (labelled "
+            "churners: the calls the retention team faces) and the mean churn probability. A share that jumps "
+            "while the mean probability holds still means the threshold moved with a new model version.",
+            "percentunit",
+            [
+                _query(
+                    'label_replace(max by (as_of) (streamflow_score_share_above_threshold), "figure", '
+                    '"share at or above threshold", "", "") or label_replace(max by (as_of) '
+                    '(streamflow_score_mean_probability), "figure", "mean probability", "", "")',
+                    instant=True,
+                    fmt=PromQueryFormat.TABLE,
+                )
+            ],
+            transformations=[_matrix("as_of", "figure")],
+            width=16,
+        ),
+    ]
     return _board(
         "streamflow-pipelines",
         "StreamFlow / Pipelines",
         "The batch steps (Argo workflows or the CLI), as pushed to the Pushgateway: last runs, months ingested, "
-        "monthly decisions.",
-        [("Steps", steps), ("Months", months)],
+        "monthly decisions, the monthly retention list.",
+        [("Steps", steps), ("Months", months), ("Retention list", scores)],
         since="now-7d",  # batch figures change once a run, a month apart on the cluster
     )
 
