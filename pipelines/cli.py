@@ -835,6 +835,8 @@ def demo(
         )
         _out.print("repeat the request: `streamflow serve` in another terminal, then")
         _out.print(f"  {served['curl']}", highlight=False, soft_wrap=True)
+        if state.get("score"):
+            _print_scores(state["score"])
     return state
 
 

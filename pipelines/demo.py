@@ -9,6 +9,9 @@ Three generated months go through ``streamflow monthly`` one by one, as the mont
 3. ``month_002`` — generated with strong drift on purpose (usage and price move, a share of DSL users go to fibre,
    and the reasons to churn change): RETRAIN, the challenger trained on it beats the champion and is promoted, and
    the running predictor picks it up by itself — the next v2 request reports the new version.
+
+Each month ends with its retention list (``streamflow score``, inside ``monthly``); the demo ends by showing the
+drifted month's top five and where its CSV is.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ def run_demo(settings: Settings, *, users: int, seed: int, log: Callable[[str], 
     """Generate three months under ``STREAMFLOW_HOME/data`` and run them through the loop (see the module doc).
 
     Returns:
-        The stored state (:func:`pipelines.status.collect_status`), each month's ``monthly`` result, and both v2
-        answers (before and after the drift month).
+        The stored state (:func:`pipelines.status.collect_status`), each month's ``monthly`` result, both v2
+        answers (before and after the drift month) and the last month's list (``score``).
     """
     from model_server.local import LocalServers, curl_line
 
@@ -77,6 +80,8 @@ def run_demo(settings: Settings, *, users: int, seed: int, log: Callable[[str], 
         log(f"v2 answer from model version {after['model_version']}: the predictor swapped models without a restart")
         return collect_status(db) | {
             "months_run": months,
+            # the drifted month's retention list, scored by monthly with the model promoted that month
+            "score": months[-1]["score"],
             "serve": {
                 "request_user_ids": survivors,
                 "before": before,
