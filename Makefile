@@ -51,7 +51,7 @@ monitor: $(STAMP)
 	@bash tests/system-deps.sh
 	$(VENV)/bin/streamflow monitor
 
-# system-deps: PostgreSQL, Prometheus, Pushgateway, Docker engine, debootstrap from Debian when root (else named)
+# system-deps: PostgreSQL, Prometheus, Pushgateway, Docker engine, debootstrap, Chromium from Debian when root (else named)
 test: $(STAMP)
 	@bash tests/system-deps.sh
 	$(PY) -m pytest
