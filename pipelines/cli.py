@@ -691,13 +691,13 @@ def score(
 
 
 def _print_scores(scored: dict[str, Any]) -> None:
-    table = RichTable("rank", "user_id", "churn_probability", "churn_label", "decile", title=(
+    table = RichTable("rank", "user_id", "churn_probability", "churn_label", "decile", "reasons (log-odds)", title=(
         f"churn list of {scored['as_of']} (model version {scored['model_version']}, {scored['rows']:,} users, "
         f"{scored['share_above_threshold']:.1%} at or above the threshold {scored['threshold']:.3f})"
     ))  # fmt: skip
     for row in scored["head"]:
         table.add_row(str(row["rank"]), row["user_id"], f"{row['probability']:.4f}", str(row["label"]),
-                      str(row["risk_decile"]))  # fmt: skip
+                      str(row["risk_decile"]), "\n".join(row.get("reasons") or ["—"]))  # fmt: skip
     _out.print(table)
     _out.print(f"top {scored['top_n']:,}: {scored['csv']}", highlight=False, soft_wrap=True)
     _out.print(f"every user: {scored['parquet']}", highlight=False, soft_wrap=True)

@@ -48,6 +48,7 @@ PARQUET_NAME = "churn_scores.parquet"
 CSV_NAME = "churn_scores_top.csv"
 DECILES = 10
 HEAD_ROWS = 5  # the first rows of the list the summary and the JSON show
+REASONS = 3  # features named per listed user
 
 
 @dataclass
@@ -210,18 +211,27 @@ def score(settings: Settings, db: Database, as_of: date, *, top: int | None = No
     rows = ranked.assign(as_of=as_of, model_version=str(model.version))[list(SCORE_COLUMNS)]
     n = len(rows)
     top_n = min(n, top if top is not None else math.ceil(n / DECILES))
+    # the reasons of the listed users only: the list is what people read, and SHAP costs per user
+    listed = pd.Index(frame["user_id"]).get_indexer(rows["user_id"].head(top_n))
+    reasons = top_reasons(model, {name: values[listed] for name, values in columns.items()})
+    explained = time.perf_counter()
+    files = rows.copy()
+    for k in range(1, REASONS + 1):
+        files[f"reason_{k}"] = pd.Series([None] * n, dtype=object)
+        if reasons is not None:
+            files.loc[: top_n - 1, f"reason_{k}"] = reasons[f"reason_{k}"].to_numpy()
 
     folder = scores_dir(settings, as_of)
     parquet, csv = folder / PARQUET_NAME, folder / CSV_NAME
-    _atomic_write(parquet, lambda p: rows.to_parquet(p, index=False))
-    _atomic_write(csv, lambda p: rows.head(top_n).to_csv(p, index=False, float_format="%.6f"))
+    _atomic_write(parquet, lambda p: files.to_parquet(p, index=False))
+    _atomic_write(csv, lambda p: files.head(top_n).to_csv(p, index=False, float_format="%.6f"))
     db.replace_scores(as_of, str(model.version), rows)
     written = time.perf_counter()
     key = _run_key(as_of, str(model.version), rows)
     run_id, new_run = _log_run(settings, client, model, as_of, rows, parquet, key)
     share = float(rows["label"].mean()) if n else 0.0
     mean = float(rows["probability"].mean()) if n else 0.0
-    head = rows.head(HEAD_ROWS)[["rank", "user_id", "probability", "label", "risk_decile"]]
+    head = files.head(HEAD_ROWS)
     return ScoreResult(
         as_of=as_of,
         model_version=str(model.version),
@@ -241,6 +251,7 @@ def score(settings: Settings, db: Database, as_of: date, *, top: int | None = No
                 "probability": float(r.probability),
                 "label": int(r.label),
                 "risk_decile": int(r.risk_decile),
+                "reasons": [x for x in (r.reason_1, r.reason_2, r.reason_3) if x],
             }
             for r in head.itertuples(index=False)
         ],  # fmt: skip
@@ -248,10 +259,105 @@ def score(settings: Settings, db: Database, as_of: date, *, top: int | None = No
             "load_model": loaded - started,
             "features": read - loaded,
             "predict": scored_at - read,
-            "write": written - scored_at,
+            "reasons": explained - scored_at,
+            "write": written - explained,
             "total": time.perf_counter() - started,
         },
     )
+
+
+# ------------------------------------------------------------------------------------------------ reasons
+
+
+@dataclass
+class Contributions:
+    """Each user's log-odds split per source feature: ``base + values.sum(axis=1) == log_odds`` (exact for a linear
+    model; SHAP's TreeExplainer for HistGradientBoosting)."""
+
+    features: list[str]
+    values: np.ndarray  # [users, features], log-odds
+    base: np.ndarray  # [users]
+    log_odds: np.ndarray  # [users]: the classifier's own decision_function
+
+
+def contributions(model, columns: dict[str, np.ndarray]) -> Contributions | None:
+    """Contributions to the log-odds of churn per source feature for the users of ``columns`` (wire columns, as
+    ``ServedModel.columns_from_tensors`` returns them); None for a family without exact ones (rf).
+
+    A linear classifier (logreg, spline): each encoded column's coefficient × value, summed back over the columns one
+    source feature was encoded to (its one-hot categories, its B-spline pieces); the base is the intercept. A
+    HistGradientBoosting: SHAP's TreeExplainer on the encoded matrix — valid because categories reach the trees as
+    ordinal numbers (numeric splits), never as native categorical splits, which TreeExplainer would ignore.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    encode, classifier = model.pipeline[:-1], model.pipeline.steps[-1][1]
+    features = [s.name for s in model.specs]
+    frame = pd.DataFrame({s.name: _pipeline_column(columns[s.name], s) for s in model.specs})
+    X = encode.transform(frame)
+    X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
+    mapping = _source_matrix(encode, features, X.shape[1])
+    if hasattr(classifier, "coef_") and np.shape(classifier.coef_)[0] == 1:
+        encoded = X * classifier.coef_[0]
+        base = np.full(len(X), float(classifier.intercept_[0]))
+    elif isinstance(classifier, HistGradientBoostingClassifier):
+        import shap
+
+        explainer = shap.TreeExplainer(classifier)
+        encoded = np.asarray(explainer.shap_values(X), dtype=np.float64)
+        base = np.full(len(X), float(np.ravel(explainer.expected_value)[0]))
+    else:
+        return None
+    return Contributions(features, encoded @ mapping, base, classifier.decision_function(X).astype(np.float64))
+
+
+def _pipeline_column(column: np.ndarray, spec) -> Any:
+    """A wire column as the Pipeline saw it in training (booleans as True/False/None objects, as ServedModel does)."""
+    if spec.kind == "boolean":
+        return pd.Series([None if v != v else bool(v) for v in column.tolist()], dtype=object)
+    return column
+
+
+def _source_matrix(encode, features: list[str], width: int) -> np.ndarray:
+    """[encoded columns, source features]: 1 where an encoded column comes from a source feature, read from the
+    encoder's output names (``cat__net_service_DSL``, ``num__months_active_sp_2``): the longest feature name each
+    one starts with."""
+    names = [str(n).split("__", 1)[-1] for n in encode.get_feature_names_out()]
+    if len(names) != width:
+        raise ValueError(f"{len(names)} encoded names for {width} encoded columns")
+    mapping = np.zeros((width, len(features)))
+    by_length = sorted(features, key=len, reverse=True)
+    for i, name in enumerate(names):
+        source = next((f for f in by_length if name == f or name.startswith(f"{f}_")), None)
+        if source is None:
+            raise ValueError(f"encoded column {name!r} comes from no feature of the model")
+        mapping[i, features.index(source)] = 1.0
+    return mapping
+
+
+def top_reasons(model, columns: dict[str, np.ndarray]) -> pd.DataFrame | None:
+    """``reason_1..3`` per user: the features pushing the user's risk up most, as ``feature=value (+log-odds)``;
+    fewer than three when fewer push up. None when the family has no exact contributions (rf) or no user is given."""
+    if not columns or not len(next(iter(columns.values()))):
+        return None
+    explained = contributions(model, columns)
+    if explained is None:
+        return None
+    order = np.argsort(-explained.values, axis=1, kind="stable")[:, :REASONS]
+    out: dict[str, list[str | None]] = {f"reason_{k}": [] for k in range(1, REASONS + 1)}
+    for i, picks in enumerate(order):
+        for k, j in enumerate(picks, start=1):
+            push, name = explained.values[i, j], explained.features[j]
+            out[f"reason_{k}"].append(f"{name}={_shown(columns[name][i])} (+{push:.3f})" if push > 0 else None)
+    return pd.DataFrame(out)
+
+
+def _shown(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "NULL"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    return str(value)
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -78,9 +78,11 @@ def test_scores_equal_the_served_answer_and_a_rescore_changes_nothing(production
     assert (stored["label"] == (stored["probability"] >= result.threshold).astype(int)).all()
     assert result.share_above_threshold == pytest.approx(stored["label"].mean())
 
-    # the files: the parquet is the table, the CSV its top decile
+    # the files: the parquet is the table (plus the listed users' reasons), the CSV its top decile
     parquet = pd.read_parquet(scores_dir(settings, FEB) / PARQUET_NAME)
-    pd.testing.assert_frame_equal(parquet.drop(columns=["as_of"]), stored.drop(columns=["as_of"]), check_dtype=False)
+    table_columns = [c for c in stored.columns if c != "as_of"]
+    pd.testing.assert_frame_equal(parquet[table_columns], stored[table_columns], check_dtype=False)
+    assert list(parquet.columns) == [*stored.columns, "reason_1", "reason_2", "reason_3"]
     csv = pd.read_csv(scores_dir(settings, FEB) / CSV_NAME)
     assert len(csv) == result.top_n == math.ceil(len(stored) / 10)
     assert csv["user_id"].tolist() == stored["user_id"].head(result.top_n).tolist()
@@ -232,3 +234,52 @@ def test_monthly_scores_each_month_with_the_model_in_production_after_its_gate(s
         db.close()
     # the stage is published as a step of its own
     assert "streamflow_step_success" in (settings.metrics_dir / "streamflow_pipeline_score.prom").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ reasons
+
+
+def _kinds() -> list:
+    from pipelines.train import MODEL_KINDS
+
+    return [pytest.param(kind) if kind in MODEL_KINDS else pytest.param(kind, marks=pytest.mark.skip(f"no {kind}"))
+            for kind in ("hgb", "logreg", "spline")]  # fmt: skip
+
+
+@pytest.mark.parametrize("settings", ["embedded"], indirect=True)
+@pytest.mark.parametrize("kind", _kinds())
+def test_reasons_reproduce_each_listed_users_log_odds(applied, kind: str) -> None:
+    from scipy.special import expit
+
+    from pipelines.score import contributions, offline_features, production_model, wire_tensors
+
+    settings, db = applied
+    store = open_store(settings)
+    train(settings, db, JAN, kind=kind, store=store)
+    promote(settings, db, store=store)
+    result = score(settings, db, FEB, store=store)
+    listed = pd.read_csv(scores_dir(settings, FEB) / CSV_NAME)
+
+    _, model = production_model(settings)
+    frame, service = offline_features(settings, db, FEB, store=store)
+    columns, _ = model.columns_from_tensors(wire_tensors(frame, service))
+    at = pd.Index(frame["user_id"]).get_indexer(listed["user_id"])
+    explained = contributions(model, {name: values[at] for name, values in columns.items()})
+    # each user's contributions plus the base give that user's log-odds, and those log-odds its listed probability
+    np.testing.assert_allclose(explained.base + explained.values.sum(axis=1), explained.log_odds, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(expit(explained.log_odds), listed["probability"], rtol=0, atol=1e-6)
+    assert explained.features == [s.name for s in model.specs]
+
+    # reason_1..3: the three largest pushes up, in order, with the user's own values
+    assert listed["reason_1"].notna().all() and len(listed) == result.top_n
+    for i, row in enumerate(listed.head(20).itertuples()):
+        pushes = np.sort(explained.values[i][explained.values[i] > 0])[::-1][:3]
+        shown = [r for r in (row.reason_1, row.reason_2, row.reason_3) if isinstance(r, str)]
+        assert [float(r.rsplit("(+", 1)[1].rstrip(")")) for r in shown] == pytest.approx(pushes, abs=1e-3)
+        name, _, value = shown[0].partition(" (")[0].partition("=")
+        wire = columns[name][at[i]]
+        assert value == ("NULL" if wire is None or wire != wire else format(wire, "g") if isinstance(wire, float)
+                         else str(wire))  # fmt: skip
+    # users beyond the list carry no reasons in the parquet
+    everyone = pd.read_parquet(scores_dir(settings, FEB) / PARQUET_NAME)
+    assert everyone["reason_1"].iloc[result.top_n :].isna().all()
