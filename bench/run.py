@@ -5,7 +5,7 @@ excluded); peak resident memory is the child's own (``wait4`` rusage, imports in
 ``bench/results/<name>.json`` and to the table between the ``<!-- bench:<name> -->`` markers of the README.
 
 One module per benchmark (``bench/ingest.py``, ``features.py``, ``models.py``, ``serving.py``, ``drift.py``,
-``demo.py``, ``containers.py``) and what they share (``bench/harness.py``); children run as
+``score.py``, ``demo.py``, ``containers.py``) and what they share (``bench/harness.py``); children run as
 ``python bench/run.py _child-name …``.
 """
 
@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a script: import the ``bench`` package f
     _here = Path(__file__).resolve().parent
     sys.path[:] = [str(_here.parent), *(p for p in sys.path if not p or Path(p).resolve() != _here)]
 
-from bench import containers, demo, drift, features, ingest, models, serving  # noqa: E402
+from bench import containers, demo, drift, features, ingest, models, score, serving  # noqa: E402
 from bench.harness import main  # noqa: E402
 
 BENCHES = {
@@ -27,10 +27,11 @@ BENCHES = {
     "models": models.BENCH,
     "serving": serving.BENCH,
     "drift": drift.BENCH,
+    "score": score.BENCH,
     "demo": demo.BENCH,
     "containers": containers.BENCH,
 }
-MODULES = (ingest, features, models, serving, drift, demo, containers)
+MODULES = (ingest, features, models, serving, drift, score, demo, containers)
 CHILDREN = {name: fn for module in MODULES for name, fn in module.CHILDREN.items()}
 
 
