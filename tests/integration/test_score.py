@@ -280,6 +280,12 @@ def test_reasons_reproduce_each_listed_users_log_odds(applied, kind: str) -> Non
         wire = columns[name][at[i]]
         assert value == ("NULL" if wire is None or wire != wire else format(wire, "g") if isinstance(wire, float)
                          else str(wire))  # fmt: skip
+    # invariance: a user's probability and reasons do not depend on the other users of the batch nor on their order
+    some = at[::-1][:50]
+    subset = {name: values[some] for name, values in columns.items()}
+    np.testing.assert_allclose(contributions(model, subset).values, explained.values[::-1][:50], rtol=0, atol=1e-12)
+    full = model.predict_proba(columns)
+    np.testing.assert_allclose(model.predict_proba(subset), full[some], rtol=0, atol=1e-9)
     # users beyond the list carry no reasons in the parquet
     everyone = pd.read_parquet(scores_dir(settings, FEB) / PARQUET_NAME)
     assert everyone["reason_1"].iloc[result.top_n :].isna().all()
