@@ -8,8 +8,16 @@ with the fitted encoder's own ``categories_`` and the classifier gets one float 
 ensemble is scored by treelite (the fitted trees imported once at load): scikit-learn spends ~0.8 ms of overhead on
 one row of a 40-tree HistGradientBoosting (input checks, one Python call per tree), treelite ~0.07 ms; from
 ``COMPILED_MAX_ROWS`` rows on, scikit-learn's own vectorised predict is faster and is used. Both are checked
-against the Pipeline at load on probe rows (the logged input example, NULLs and an unseen category); if one ever
-disagrees it is not used, and a Pipeline of another shape (logreg's one-hot) is scored through the Pipeline.
+against the Pipeline at load on probe rows (the logged input example, NULLs, an unseen category, numbers at the
+contract's floor and far past anything seen); if one ever disagrees it is not used, and a Pipeline of another shape
+is scored through the Pipeline.
+
+The linear families (``logreg``: one-hot + standardised numbers; ``spline``: one-hot + B-splines of each number, both
+a logistic regression) are additive in their features, so their lean path is a sum of per-feature contributions:
+each category's share of the coefficients is looked up in a dict, each number goes through one function (a line for
+logreg; for spline the fitted B-spline basis folded with its coefficients into one scipy ``BSpline``, evaluated
+on the number clipped to the knots' span, which is what SplineTransformer's constant extrapolation does). No
+DataFrame and no ColumnTransformer: scikit-learn's SplineTransformer alone spent milliseconds per call on checks.
 
 Wire format of the feature tensors (the predictor's metadata says the same): one input per feature, shape ``[N]``;
 text features ``BYTES`` (UTF-8); every other feature any numeric datatype or ``BOOL`` (booleans as 0/1), ``NaN``
@@ -77,6 +85,8 @@ class FeatureError(ValueError):
 # lists, so a crafted version could vouch for any type, and loading it would run its code.
 TRUSTED_TYPES: tuple[str, ...] = (
     "numpy.dtype",
+    "scipy._lib.array_api_compat.numpy._aliases.asarray",  # spline: named by scipy's BSpline state
+    "scipy.interpolate._bsplines.BSpline",  # spline: SplineTransformer's fitted basis, one per number
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.tree._tree.Tree",
 )
@@ -164,6 +174,7 @@ class ServedModel:
     tags: dict[str, str] = field(default_factory=dict)
     lean: bool = False
     compiled: Any = field(default=None, repr=False)  # the classifier's trees in treelite, for small batches
+    additive: _Additive | None = field(default=None, repr=False)  # a linear family's per-feature contributions
     _codes: list[dict] = field(default_factory=list, repr=False)
     _missing_code: list[float] = field(default_factory=list, repr=False)
     _unknown_code: list[float] = field(default_factory=list, repr=False)
@@ -176,6 +187,8 @@ class ServedModel:
         """How this version is scored, for the log."""
         if not self.lean:
             return "pipeline"
+        if self.additive is not None:
+            return f"lean, additive ({self.additive.what})"
         return f"lean, treelite under {COMPILED_MAX_ROWS} rows" if self.compiled is not None else "lean"
 
     # ---------------------------------------------------------------- build
@@ -202,6 +215,9 @@ class ServedModel:
         if not steps or len(steps) != 2 or not isinstance(steps[0][1], ColumnTransformer):
             return False
         ct = steps[0][1]
+        self.additive = _Additive.of(ct, steps[1][1])
+        if self.additive is not None:
+            return set(self.additive.features) == {s.name for s in self.specs}
         cat_cols: list[str] = []
         num_cols: list[str] = []
         for name, transformer, cols in ct.transformers_:
@@ -241,6 +257,8 @@ class ServedModel:
         """The classifier's trees imported into treelite, or None (not a tree ensemble treelite knows)."""
         import treelite.sklearn
 
+        if self.additive is not None:
+            return None
         classifier = self.pipeline.steps[-1][1]
         try:
             return treelite.sklearn.import_model(classifier)
@@ -281,6 +299,15 @@ class ServedModel:
             if spec.kind == "text":
                 row[spec.name] = "a value never seen in training"
                 extra.append(row)
+        # every number at the contract's floor, then far past anything seen: a spline's ends are checked too
+        numbers = [s.name for s in self.specs if s.kind == "number"]
+        for far in (False, True):
+            row = base.iloc[[0]].copy()
+            for name in numbers:
+                ge, gt = self._bounds.get(name, (None, None))
+                floor = ge if ge is not None else (gt + 1.0 if gt is not None else 0.0)
+                row[name] = (float(base[name].max()) * 10 + 1000.0) if far else floor
+            extra.append(row)
         return pd.concat([base, *extra], ignore_index=True)
 
     # ---------------------------------------------------------------- score
@@ -358,6 +385,8 @@ class ServedModel:
         """``compiled``: score with treelite (True), scikit-learn (False), or by batch size (None)."""
         import sklearn
 
+        if self.additive is not None:
+            return self.additive.proba(columns)
         n = len(next(iter(columns.values())))
         X = np.empty((n, len(self._cat_cols) + len(self._num_cols)), dtype=np.float64)
         for j, name in enumerate(self._cat_cols):
@@ -372,6 +401,10 @@ class ServedModel:
         if compiled or (compiled is None and self.compiled is not None and n < COMPILED_MAX_ROWS):
             import treelite.gtil
 
+            if not hasattr(self.pipeline.steps[-1][1], "_predictors"):
+                # scikit-learn's decision trees compare float32 features with their thresholds (HistGradientBoosting
+                # compares float64): rounded the same way, or a value close to a threshold takes the other branch
+                X = X.astype(np.float32).astype(np.float64)
             # [N, 1, 1] for HistGradientBoosting (P(class 1)), [N, 1, 2] for a forest: the last column is P(1)
             return treelite.gtil.predict(self.compiled, X, nthread=1).reshape(n, -1)[:, -1]
         classifier = self.pipeline.steps[-1][1]
@@ -384,6 +417,157 @@ class ServedModel:
 
     def labels(self, proba: np.ndarray) -> np.ndarray:
         return (proba >= self.threshold).astype(np.int64)
+
+
+@dataclass
+class _Additive:
+    """A logistic regression on one-hot categories and per-number encodings, as one sum of per-feature terms:
+    ``P(churn) = expit(intercept + sum of cat[value] + sum of num(x))``.
+
+    Built from the fitted Pipeline only when every part has a shape it knows (else :meth:`of` says None); the probe
+    check then holds it to the Pipeline's own probabilities.
+    """
+
+    intercept: float
+    cats: list[tuple[str, dict, float]]  # (feature, value -> its coefficient, contribution of NULL)
+    nums: list[tuple[str, float, Any]]  # (feature, value of NULL after imputation, x -> contribution)
+    what: str
+
+    @property
+    def features(self) -> list[str]:
+        return [c[0] for c in self.cats] + [n[0] for n in self.nums]
+
+    @classmethod
+    def of(cls, ct, classifier) -> _Additive | None:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import OneHotEncoder
+
+        if not isinstance(classifier, LogisticRegression) or classifier.coef_.shape[0] != 1:
+            return None
+        coef = classifier.coef_[0]
+        cats: list[tuple[str, dict, float]] = []
+        nums: list[tuple[str, float, Any]] = []
+        kinds = set()
+        for name, transformer, cols in ct.transformers_:
+            if name == "remainder":
+                if transformer != "drop" and len(cols):
+                    return None
+                continue
+            block = coef[ct.output_indices_[name]]
+            steps = getattr(transformer, "steps", [(None, transformer)])
+            before, last = steps[:-1], steps[-1][1]
+            imputer = _imputer(before)
+            if imputer is _UNKNOWN:
+                return None
+            if isinstance(last, OneHotEncoder):
+                terms = _one_hot_terms(last, list(cols), block, imputer)
+                kinds.add("one-hot")
+            else:
+                terms, kind = _number_terms(last, list(cols), block, imputer)
+                kinds.add(kind)
+            if terms is None:
+                return None
+            (cats if isinstance(last, OneHotEncoder) else nums).extend(terms)
+        what = " + ".join(sorted(k for k in kinds if k))
+        return cls(float(classifier.intercept_[0]), cats, nums, what)
+
+    def proba(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        from scipy.special import expit  # scikit-learn's own logistic function
+
+        n = len(next(iter(columns.values())))
+        logit = np.full(n, self.intercept)
+        for name, table, null in self.cats:
+            col = columns[name]
+            if col.dtype == object:
+                logit += [null if v is None else table.get(v, 0.0) for v in col]
+            else:  # booleans as 0/1 floats: 1.0 == True and hashes alike, so the bool categories match
+                logit += [null if v != v else table.get(v, 0.0) for v in col.tolist()]
+        for name, fill, term in self.nums:
+            x = columns[name]
+            if fill == fill:
+                x = np.where(np.isnan(x), fill, x)
+            logit += term(x)
+        return expit(logit)
+
+
+_UNKNOWN = object()  # a preprocessing step the additive path does not know
+
+
+def _imputer(steps) -> Any:
+    """The SimpleImputer before an encoder, None without one, or _UNKNOWN (any other step)."""
+    from sklearn.impute import SimpleImputer
+
+    if not steps:
+        return None
+    if len(steps) != 1 or not isinstance(steps[0][1], SimpleImputer) or steps[0][1].add_indicator:
+        return _UNKNOWN
+    imputer = steps[0][1]
+    if not (imputer.missing_values is None or _is_missing(imputer.missing_values)):
+        return _UNKNOWN
+    return imputer
+
+
+def _one_hot_terms(encoder, cols: list[str], block: np.ndarray, imputer) -> list | None:
+    """(feature, value -> coefficient, NULL's coefficient) per column of a fitted OneHotEncoder (no drop, unknown
+    values ignored: they add nothing). A NULL reaches the Pipeline's categorical columns as None, which only an
+    imputer of None replaces (one of NaN leaves it to the encoder, for which None is a category of its own)."""
+    if encoder.handle_unknown != "ignore" or encoder.drop is not None:
+        return None
+    if getattr(encoder, "_infrequent_enabled", False):
+        return None
+    terms, at = [], 0
+    for j, (name, cats) in enumerate(zip(cols, encoder.categories_, strict=True)):
+        weights = block[at : at + len(cats)]
+        at += len(cats)
+        table = {c: float(w) for c, w in zip(cats, weights, strict=True) if not _is_missing(c)}
+        null = imputer.statistics_[j] if imputer is not None and imputer.missing_values is None else None
+        if null is None or _is_missing(null):
+            missing = [float(w) for c, w in zip(cats, weights, strict=True) if _is_missing(c)]
+            null_weight = missing[0] if missing else 0.0  # NULL never seen in training: ignored like an unknown
+        else:
+            null_weight = table.get(null, 0.0)
+        terms.append((name, table, null_weight))
+    return terms if at == len(block) else None
+
+
+def _number_terms(encoder, cols: list[str], block: np.ndarray, imputer) -> tuple[list | None, str]:
+    """(feature, NULL's value, x -> contribution) per column of a StandardScaler or a SplineTransformer (a NULL
+    number is NaN, replaced by an imputer of NaN)."""
+    from scipy.interpolate import BSpline
+    from sklearn.preprocessing import SplineTransformer, StandardScaler
+
+    nan_imputer = imputer is not None and _is_missing(imputer.missing_values)
+    fills = list(imputer.statistics_) if nan_imputer else [np.nan] * len(cols)
+    if isinstance(encoder, StandardScaler):
+        mean = encoder.mean_ if encoder.with_mean else np.zeros(len(cols))
+        scale = encoder.scale_ if encoder.with_std else np.ones(len(cols))
+        terms = [
+            (name, float(f), _line(float(w) / float(s), -float(w) * float(m) / float(s)))
+            for name, f, w, m, s in zip(cols, fills, block, mean, scale, strict=True)
+        ]
+        return (terms if len(block) == len(cols) else None), "scaled numbers"
+    if isinstance(encoder, SplineTransformer):
+        if encoder.extrapolation != "constant" or not encoder.include_bias or encoder.sparse_output:
+            return None, ""
+        width = encoder.n_features_out_ // len(cols)
+        if width * len(cols) != len(block):
+            return None, ""
+        terms = []
+        for i, (name, f, basis) in enumerate(zip(cols, fills, encoder.bsplines_, strict=True)):
+            t, k = basis.t, basis.k
+            combined = BSpline(t, basis.c @ block[i * width : (i + 1) * width], k, extrapolate=False)
+            lo, hi = float(t[k]), float(t[len(t) - k - 1])
+            terms.append((name, float(f), _clipped(combined, lo, hi)))
+        return terms, "B-splines"
+    return None, ""
+
+
+def _line(slope: float, offset: float):
+    return lambda x: x * slope + offset
+
+
+def _clipped(spline, lo: float, hi: float):
+    return lambda x: spline(np.clip(x, lo, hi))
 
 
 def _check_range(name: str, column: np.ndarray, nulls: np.ndarray, bounds: tuple[float | None, float | None]) -> None:

@@ -77,7 +77,11 @@ class Settings(BaseSettings):
         description="MLflow tracking + registry URI; empty: SQLite under STREAMFLOW_HOME (embedded) or the "
         "Postgres database (Postgres mode). An http://… URI names a tracking server.",
     )
-    model_kind: str = Field(default="hgb", description="Default model of `streamflow train` (hgb, rf, logreg).")
+    model_kind: str = Field(
+        default="auto",
+        description="Default model of `streamflow train`: auto (the family 5-fold CV on the training split prefers "
+        "among logreg, spline and hgb), or one family: hgb, rf, logreg, spline.",
+    )
     seed: int = Field(default=42, description="Seed of the train/validation split and of the model.")
     promotion_min_auc_gain: float = Field(
         default=0.002, description="A challenger must beat the champion's ROC AUC by at least this to be promoted."

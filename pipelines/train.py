@@ -1,9 +1,10 @@
 """``streamflow train`` and ``streamflow promote``: the churn model, tracked in MLflow, promoted by a gate.
 
 ``train`` builds the as_of's training set through Feast (the FeatureService is the feature list), fits a
-scikit-learn Pipeline (encoding + classifier), picks the decision threshold on validation data, logs everything
-needed to reproduce and judge the run, and registers the model as a new version of ``streamflow_churn`` with the
-alias ``challenger``.
+scikit-learn Pipeline (encoding + classifier) of the family asked for — by default ``auto``, the family that
+cross-validation on the training split prefers (:func:`choose_family`) — picks the decision threshold on validation
+data, logs everything needed to reproduce and judge the run, and registers the model as a new version of
+``streamflow_churn`` with the alias ``challenger``.
 
 ``promote`` is the gate: the challenger and the current champion (alias ``production``) are scored on the same
 held-out rows — the challenger's validation users of its as_of, recorded with its run when it was trained, which it
@@ -47,13 +48,30 @@ from pipelines.registry import (
 log = logging.getLogger(__name__)
 
 LABEL = "churn_label"
-MODEL_KINDS = ("hgb", "rf", "logreg")
+MODEL_KINDS = ("hgb", "rf", "logreg", "spline")
+AUTO = "auto"  # `--model auto`: the family chosen by cross-validation on the training split
+# The families `auto` compares, cheapest to score first: that order breaks a tie. logreg is one dot product over ~20
+# encoded columns; spline adds one B-spline evaluation per number (~60 columns); hgb walks ~40-100 trees. rf (300
+# trees, ~50x slower to fit) is only trained when asked for by name.
+AUTO_CANDIDATES = ("logreg", "spline", "hgb")
+CV_FOLDS = 5
+# Where the domain says more is worse (pipelines/generate.py: failed payments and rebuffering only ever add to the
+# churn log-odds), hgb's trees are constrained to be non-decreasing in the feature (HistGradientBoosting's
+# monotonic_cst): a user's risk never falls when one of these rises. Measured cost: bench/models.py, README.
+MONOTONE_INCREASING = ("failed_payments_90d", "rebuffer_events_7d")
+SPLINE_KNOTS, SPLINE_DEGREE = 5, 2  # per number: knots at quantiles of the training rows, quadratic pieces
 # MLflow saves scikit-learn models with skops, which refuses types it cannot vouch for. These are the types our own
 # pipelines hold (checked with skops.io.get_untrusted_types); we fitted the models ourselves, in this process.
 SKOPS_TRUSTED = {
     "hgb": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
     "rf": ["sklearn.tree._tree.Tree"],
     "logreg": ["numpy.dtype"],
+    # SplineTransformer keeps one scipy BSpline per number; scipy's array-API shim names its asarray in the file
+    "spline": [
+        "numpy.dtype",
+        "scipy._lib.array_api_compat.numpy._aliases.asarray",
+        "scipy.interpolate._bsplines.BSpline",
+    ],
 }
 VALID_SHARE = 0.2
 SPLIT_DIR, SPLIT_FILE = "split", "held_out.json"  # the run artifact recording the held-out and training user ids
@@ -75,15 +93,20 @@ def build_pipeline(kind: str, features: list[str], categorical: list[str], seed:
       native missing-value handling). Declaring the columns categorical gives the same AUC (0.794/0.796/0.812 vs
       0.799/0.791/0.818 over three seeds at 7k users) but makes every predict run an internal ColumnTransformer:
       ~2.5 ms of a 3.6 ms one-row prediction, the largest cost of serving;
+      Its trees never lower the risk when a feature of :data:`MONOTONE_INCREASING` rises (``monotonic_cst``);
     * ``rf``: the course baseline, RandomForest with 300 trees and balanced class weights;
-    * ``logreg``: one-hot + standardised numbers, balanced logistic regression.
+    * ``logreg``: one-hot + standardised numbers, balanced logistic regression;
+    * ``spline``: one-hot categories (NULL a category of its own) + each number as quadratic B-splines with knots at
+      its quantiles (a smooth curve per feature, so a tenure curve or a threshold is not forced into a line; the
+      features of :data:`MONOTONE_INCREASING` as two lines meeting at their median), balanced logistic regression:
+      still additive, so its contributions per feature are exact.
     """
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline, make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, SplineTransformer, StandardScaler
 
     numeric = [f for f in features if f not in categorical]
     if kind not in MODEL_KINDS:
@@ -102,6 +125,23 @@ def build_pipeline(kind: str, features: list[str], categorical: list[str], seed:
             ]
         )
         clf = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed)
+    elif kind == "spline":
+        # knots at quantiles: counts crowd at 0 and have long tails, where uniform knots put most pieces on few users
+        splines = SplineTransformer(n_knots=SPLINE_KNOTS, degree=SPLINE_DEGREE, knots="quantile")
+        # the risk factors get one straight piece each side of their median (flat beyond the data): five curved
+        # pieces followed the few users of a long tail (mostly DSL users, who forgive rebuffering) down, so one more
+        # rebuffering event lowered some users' risk by up to 0.03; two lines cost < 0.002 CV AUC on our months
+        monotone = [f for f in numeric if f in MONOTONE_INCREASING]
+        smooth = [f for f in numeric if f not in monotone]
+        lines = SplineTransformer(n_knots=3, degree=1, knots="quantile")
+        parts = [
+            ("cat", OneHotEncoder(handle_unknown="ignore"), categorical),
+            ("num", make_pipeline(SimpleImputer(strategy="median"), splines), smooth),
+        ]
+        if monotone:
+            parts.append(("risk", make_pipeline(SimpleImputer(strategy="median"), lines), monotone))
+        encode = ColumnTransformer(parts)
+        clf = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed)
     else:
         # hgb reads NULL and unseen values as NaN (its native missing-value handling); rf needs numbers
         unseen, null = (np.nan, np.nan) if kind == "hgb" else (-2, -1)
@@ -117,6 +157,7 @@ def build_pipeline(kind: str, features: list[str], categorical: list[str], seed:
                 early_stopping=True,
                 validation_fraction=0.1,
                 n_iter_no_change=10,
+                monotonic_cst=[1 if f in MONOTONE_INCREASING else 0 for f in categorical + numeric],
                 random_state=seed,
             )
         else:
@@ -338,13 +379,28 @@ class TrainResult:
     metrics: dict[str, float]
     threshold: float
     train_seconds: float
+    requested: str = ""  # what was asked: a family, or "auto"
+    selection: Selection | None = None  # what "auto" compared
 
     def to_json(self) -> dict[str, Any]:
+        chosen = None
+        if self.selection is not None:
+            chosen = {
+                "reason": self.selection.reason,
+                "folds": self.selection.folds,
+                **{
+                    f: {"cv_auc": round(c["auc_mean"], 6), "cv_auc_std": round(c["auc_std"], 6),
+                        "fit_seconds": round(sum(c["fit_seconds"]), 3)}
+                    for f, c in self.selection.candidates.items()
+                },
+            }  # fmt: skip
         return {
             "run_id": self.run_id,
             "model_version": self.model_version,
             "as_of": self.as_of.isoformat(),
             "model": self.model,
+            "model_request": self.requested or self.model,
+            "selection": chosen,
             "auc": round(self.metrics["roc_auc"], 6),
             "f1": round(self.metrics["f1"], 6),
             "accuracy": round(self.metrics["accuracy"], 6),
@@ -353,6 +409,79 @@ class TrainResult:
             "threshold": round(self.threshold, 6),
             "train_seconds": round(self.train_seconds, 3),
         }
+
+
+@dataclass
+class Selection:
+    """What ``--model auto`` compared on the training split, and why the winner won (the run's ``selection/cv.json``).
+
+    ``candidates`` maps each family to its ROC AUC per fold, their mean, sample standard deviation and standard error,
+    and the fit seconds per fold; ``users_sha256`` is :func:`ids_hash` of the rows the folds were cut from.
+    """
+
+    winner: str
+    reason: str
+    folds: int
+    rows: int
+    users_sha256: str
+    seed: int
+    candidates: dict[str, dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def choose_family(
+    train_rows: pd.DataFrame, features: list[str], seed: int, candidates=AUTO_CANDIDATES, folds: int = CV_FOLDS
+) -> Selection:
+    """Pick a model family by stratified k-fold cross-validation on ``train_rows`` — the training split only: the
+    held-out rows the gate scores a version on must never decide anything about it.
+
+    Every candidate is fitted on the same folds. The best mean ROC AUC wins, except that a candidate cheaper to score
+    (earlier in ``candidates``, see :data:`AUTO_CANDIDATES`) whose mean is within one standard error of the best
+    (sample standard deviation over the folds / sqrt(folds)) wins the tie: the folds cannot tell the two apart, and
+    the cheaper one answers every request faster.
+    """
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    categorical = categorical_features(train_rows, features)
+    X = train_rows[features]
+    y = train_rows[LABEL].astype(int).to_numpy()
+    k = max(2, min(folds, int(np.bincount(y, minlength=2).min())))  # each fold needs both classes
+    cuts = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(X, y))
+    results: dict[str, dict[str, Any]] = {}
+    for family in candidates:
+        aucs, seconds = [], []
+        for fit_idx, score_idx in cuts:
+            model = build_pipeline(family, features, categorical, seed)
+            start = time.perf_counter()
+            model.fit(X.iloc[fit_idx], y[fit_idx])
+            seconds.append(time.perf_counter() - start)
+            aucs.append(float(roc_auc_score(y[score_idx], model.predict_proba(X.iloc[score_idx])[:, 1])))
+        std = float(np.std(aucs, ddof=1))
+        results[family] = {
+            "auc": aucs,
+            "auc_mean": float(np.mean(aucs)),
+            "auc_std": std,
+            "auc_se": std / float(np.sqrt(k)),
+            "fit_seconds": seconds,
+        }
+    best = max(candidates, key=lambda f: results[f]["auc_mean"])  # the first of equal means: the cheaper
+    top = results[best]
+    winner = next(f for f in candidates if results[f]["auc_mean"] >= top["auc_mean"] - top["auc_se"])
+    if winner == best:
+        reason = f"{best}: best mean CV ROC AUC {top['auc_mean']:.4f} (std {top['auc_std']:.4f}, {k} folds)"
+    else:
+        reason = (
+            f"{winner}: mean CV ROC AUC {results[winner]['auc_mean']:.4f}, within one standard error "
+            f"({top['auc_se']:.4f}) of {best}'s best {top['auc_mean']:.4f} over {k} folds, and cheaper to score"
+        )
+    others = ", ".join(f"{f} {results[f]['auc_mean']:.4f}" for f in candidates if f != winner)
+    return Selection(
+        winner, f"{reason}; others: {others}", k, len(train_rows), ids_hash(train_rows["user_id"].astype(str)), seed,
+        results,
+    )  # fmt: skip
 
 
 def fit_and_score(frame: pd.DataFrame, features: list[str], kind: str, seed: int):
@@ -390,7 +519,8 @@ def train(
         settings: tracking URI, default model kind and seed.
         db: the database (for the training set).
         as_of: the month to train on.
-        kind: model kind (default ``settings.model_kind``).
+        kind: a model family, or ``auto`` (chosen by :func:`choose_family` on the training split); default
+            ``settings.model_kind``.
         seed: split and model seed (default ``settings.seed``).
         frame: an already built training set (tests use it to train on altered data); built through Feast if None.
         dataset: the as_of's :class:`~pipelines.features.DatasetResult` when the caller built it already.
@@ -407,10 +537,10 @@ def train(
     from pipelines.features import build_dataset, content_hash
     from pipelines.online import feature_names, open_store
 
-    kind = kind or settings.model_kind
+    requested = kind or settings.model_kind
     seed = settings.seed if seed is None else seed
-    if kind not in MODEL_KINDS:
-        raise InvalidInput(f"--model {kind!r}: choose one of {', '.join(MODEL_KINDS)}")
+    if requested not in (AUTO, *MODEL_KINDS):
+        raise InvalidInput(f"--model {requested!r}: choose one of {', '.join((AUTO, *MODEL_KINDS))}")
     store = store or open_store(settings)
     if frame is None:
         dataset = dataset or build_dataset(settings, db, as_of, store=store)
@@ -425,6 +555,8 @@ def train(
     experiment = experiment_id(client, settings)
     fail_dead_runs(client, experiment)
 
+    selection = choose_family(split(frame, seed)[0], features, seed) if requested == AUTO else None
+    kind = selection.winner if selection is not None else requested
     pipeline, categorical, valid_rows, proba, threshold, metrics, seconds = fit_and_score(frame, features, kind, seed)
     y_valid = valid_rows[LABEL].astype(int).to_numpy()
     example = valid_rows[features].head(5)
@@ -449,6 +581,7 @@ def train(
             {
                 "as_of": as_of.isoformat(),
                 "model_kind": kind,
+                "model_request": requested,
                 "feature_service": settings.feature_service,
                 "features": ",".join(features),
                 "categorical_features": ",".join(categorical),
@@ -469,6 +602,8 @@ def train(
             }
         )
         mlflow.log_metrics({**metrics, "train_seconds": seconds})
+        if selection is not None:
+            _log_selection(selection)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             schema = {
@@ -516,6 +651,7 @@ def train(
     tags = {
         "as_of": as_of.isoformat(),
         "model_kind": kind,
+        "model_request": requested,  # `retrain` finds an "auto" version again by what was asked
         "threshold": f"{threshold:.6f}",
         "seed": str(seed),
         "validation_auc": f"{metrics['roc_auc']:.6f}",
@@ -526,7 +662,27 @@ def train(
     }
     version = mlflow.register_model(f"runs:/{run_id}/model", MODEL_NAME, tags=tags)
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version.version)
-    return TrainResult(run_id, str(version.version), as_of, kind, metrics, threshold, seconds)
+    return TrainResult(run_id, str(version.version), as_of, kind, metrics, threshold, seconds, requested, selection)
+
+
+def _log_selection(selection: Selection) -> None:
+    """Every candidate's CV scores and fit times on the active run: metrics (the per-fold AUC as steps), the winner
+    and the reason as params and tags, and the whole comparison as ``selection/cv.json``."""
+    import mlflow
+
+    for family, c in selection.candidates.items():
+        mlflow.log_metrics(
+            {
+                f"cv_auc_mean_{family}": c["auc_mean"],
+                f"cv_auc_std_{family}": c["auc_std"],
+                f"cv_fit_seconds_{family}": float(sum(c["fit_seconds"])),
+            }
+        )
+        for fold, auc in enumerate(c["auc"]):
+            mlflow.log_metric(f"cv_auc_{family}", auc, step=fold)
+    mlflow.log_params({"selection_folds": selection.folds, "selection_candidates": ",".join(selection.candidates)})
+    mlflow.set_tags({"model_selection.winner": selection.winner, "model_selection.reason": selection.reason})
+    mlflow.log_dict(selection.to_json(), "selection/cv.json")
 
 
 # ------------------------------------------------------------------------------------------------ the gate

@@ -23,7 +23,7 @@ from pipelines.errors import InvalidInput, NotFound, StreamflowError
 from pipelines.features import build_dataset
 from pipelines.online import open_store
 from pipelines.registry import MODEL_NAME, experiment_id, mlflow_client
-from pipelines.train import promote, train
+from pipelines.train import ids_hash, promote, train
 from tests.conftest import free_port, start_mlflow_server, stop_group
 from tests.integration.test_ingest import FEB, JAN
 
@@ -155,9 +155,74 @@ def test_same_data_and_seed_give_the_same_metrics(ready) -> None:
 
 def test_course_baseline_and_logreg_train_too(ready) -> None:
     settings, db, store = ready
-    for kind in ("rf", "logreg"):
+    client = registry(settings.tracking_uri)
+    for kind in ("rf", "logreg", "spline"):  # asked by name: trained directly, nothing compared
         result = train(settings, db, JAN, kind=kind, store=store)
         assert result.model == kind and 0.5 < result.metrics["roc_auc"] <= 1
+        assert result.selection is None and result.to_json()["model_request"] == kind
+        tags = client.get_model_version(MODEL_NAME, result.model_version).tags
+        assert tags["model_kind"] == kind and tags["model_request"] == kind
+        assert "selection" not in {a.path for a in client.list_artifacts(result.run_id)}
+
+
+def test_auto_is_the_default_and_picks_the_family_by_cross_validation_on_the_training_split(
+    ready, tmp_path: Path
+) -> None:
+    settings, db, store = ready
+    assert settings.model_kind == "auto"
+    result = train(settings, db, JAN, store=store)
+    client = registry(settings.tracking_uri)
+    run = client.get_run(result.run_id)
+    cv = json.loads(Path(client.download_artifacts(result.run_id, "selection/cv.json", str(tmp_path))).read_text())
+    split = json.loads(Path(client.download_artifacts(result.run_id, "split/held_out.json", str(tmp_path))).read_text())
+
+    # the folds were cut from the training split only: the gate's held-out users decided nothing
+    assert cv["users_sha256"] == ids_hash(split["train"]) != ids_hash(split["train"] + split["held_out"][:1])
+    assert cv["rows"] == len(split["train"]) and cv["folds"] == 5
+    assert list(cv["candidates"]) == ["logreg", "spline", "hgb"]  # rf only when asked for; cost order
+    for family, c in cv["candidates"].items():
+        assert len(c["auc"]) == len(c["fit_seconds"]) == 5 and all(0 < a <= 1 for a in c["auc"])
+        assert c["auc_mean"] == pytest.approx(sum(c["auc"]) / 5)
+        assert run.data.metrics[f"cv_auc_mean_{family}"] == pytest.approx(c["auc_mean"])
+        assert run.data.metrics[f"cv_fit_seconds_{family}"] == pytest.approx(sum(c["fit_seconds"]))
+        history = client.get_metric_history(result.run_id, f"cv_auc_{family}")
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(c["auc"])
+
+    # the rule, recomputed from what was logged: best mean, unless a cheaper family is within one standard error
+    means = {f: c["auc_mean"] for f, c in cv["candidates"].items()}
+    best = max(means, key=means.get)
+    within = [f for f in means if means[f] >= means[best] - cv["candidates"][best]["auc_se"]]
+    assert cv["winner"] == within[0] == result.model
+    assert run.data.tags["model_selection.winner"] == result.model
+    assert run.data.tags["model_selection.reason"].startswith(f"{result.model}: ")
+    assert run.data.params["model_request"] == "auto" and run.data.params["model_kind"] == result.model
+    version = client.get_model_version(MODEL_NAME, result.model_version)
+    assert version.tags["model_kind"] == result.model and version.tags["model_request"] == "auto"
+    summary = result.to_json()
+    assert summary["model_request"] == "auto" and set(summary["selection"]) == {"reason", "folds", *means}
+
+    # the winner is registered as any family is: thresholded, and it scores through the gate
+    assert 0 < float(version.tags["threshold"]) < 1
+    assert promote(settings, db, store=store).decision == "promoted"
+
+
+def test_retrain_with_auto_finds_its_version_again(ready) -> None:
+    from pipelines.monthly import retrain
+
+    settings, db, store = ready
+    first = retrain(settings, db, JAN, store=store)
+    assert first.trained is not None and first.trained["model_request"] == "auto"
+    again = retrain(settings, db, JAN, store=store)
+    assert again.trained is None and again.reused_version == first.trained["model_version"]
+    assert again.gate["decision"] == first.gate["decision"] == "promoted"
+    other = retrain(settings, db, JAN, kind="logreg", store=store)  # another request is another training
+    assert other.trained is not None and other.trained["model"] == "logreg"
+
+
+def test_an_unknown_model_family_is_refused(ready) -> None:
+    settings, db, store = ready
+    with pytest.raises(InvalidInput, match="choose one of auto, hgb, rf, logreg, spline"):
+        train(settings, db, JAN, kind="xgboost", store=store)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """The predictor's scoring: the lean path gives the Pipeline's own probabilities (NULLs, unseen values, every model
-kind), or the Pipeline is used; feature tensors are checked before anything is scored."""
+kind: no family falls back to the DataFrame path), or the Pipeline is used; feature tensors are checked before
+anything is scored; a model file holds only the types its family is trusted with."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from model_server.churn_model import (
     feature_tensors,
     specs_from_signature,
 )
-from pipelines.train import build_pipeline, categorical_features
+from pipelines.train import MODEL_KINDS, SKOPS_TRUSTED, build_pipeline, categorical_features
 
 FEATURES = [
     "months_active", "monthly_fee", "paperless_billing", "plan_stream_tv", "plan_stream_movies", "net_service",
@@ -83,16 +84,62 @@ def served(kind: str, train: pd.DataFrame) -> ServedModel:
     )
 
 
-@pytest.mark.parametrize(("kind", "lean"), [("hgb", True), ("rf", True), ("logreg", False)])
-def test_scoring_equals_the_pipeline_for_every_model_kind(data, kind: str, lean: bool) -> None:
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("hgb", "lean, treelite under 64 rows"),
+        ("rf", "lean, treelite under 64 rows"),
+        ("logreg", "lean, additive (one-hot + scaled numbers)"),
+        ("spline", "lean, additive (B-splines + one-hot)"),
+    ],
+)
+def test_scoring_equals_the_pipeline_for_every_model_kind(data, kind: str, path: str) -> None:
     train, test = data
     model = served(kind, train)
-    assert model.lean is lean  # logreg's one-hot + scaler is not the lean shape: scored through its Pipeline
+    assert model.lean and model.scoring == path
     columns, rows = model.columns_from_tensors(wire(test, model.specs))
     assert rows == len(test)
     expected = model.pipeline.predict_proba(test[FEATURES])[:, 1]
     np.testing.assert_allclose(model.predict_proba(columns), expected, rtol=0, atol=1e-12)
     assert model.labels(expected).tolist() == (expected >= 0.3).astype(int).tolist()
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_no_family_builds_a_dataframe_to_score(data, kind: str, monkeypatch) -> None:
+    train, test = data
+    model = served(kind, train)
+    rows = test.head(COMPILED_MAX_ROWS + 6).copy()
+    rows.loc[rows.index[:3], "net_service"] = ["Satellite", "No", "DSL"]  # an unseen category among them
+    rows.loc[rows.index[:3], ["plan_stream_tv", "plan_stream_movies"]] = None
+    rows.loc[rows.index[3], "rebuffer_events_7d"] = 1e6  # past every knot of a spline
+    expected = model.pipeline.predict_proba(rows[FEATURES])[:, 1]
+    small, _ = model.columns_from_tensors(wire(rows.head(3), model.specs))
+    large, _ = model.columns_from_tensors(wire(rows, model.specs))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{kind}: the scoring path built a DataFrame")
+
+    monkeypatch.setattr(pd.DataFrame, "__init__", refuse)
+    got_small, got_large = model.predict_proba(small), model.predict_proba(large)  # both batch sizes' paths
+    monkeypatch.undo()
+    np.testing.assert_allclose(got_small, expected[:3], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got_large, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_each_family_is_trusted_with_exactly_the_types_its_file_holds(data, kind: str) -> None:
+    import skops.io
+
+    from model_server.churn_model import TRUSTED_TYPES
+
+    train, test = data
+    pipeline = build_pipeline(kind, FEATURES, categorical_features(train, FEATURES), seed=0)
+    pipeline.fit(train[FEATURES], train["churn_label"])
+    dumped = skops.io.dumps(pipeline)
+    assert sorted(skops.io.get_untrusted_types(data=dumped)) == sorted(SKOPS_TRUSTED[kind])  # none missing, none extra
+    assert set(SKOPS_TRUSTED[kind]) <= set(TRUSTED_TYPES)
+    loaded = skops.io.loads(dumped, trusted=list(TRUSTED_TYPES))
+    np.testing.assert_array_equal(loaded.predict_proba(test[FEATURES]), pipeline.predict_proba(test[FEATURES]))
 
 
 @pytest.mark.parametrize("kind", ["hgb", "rf"])
