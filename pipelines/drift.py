@@ -409,8 +409,9 @@ def _auc(frame: pd.DataFrame) -> float | None:
     return None if labels.nunique() < 2 else float(roc_auc_score(labels, frame[PREDICTION]))
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` then rename over ``path``: a reader never sees half a file (file mode from the umask)."""
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then rename over ``path``: a reader (a browser, a spreadsheet, a sync job) never sees half a
+    file (file mode from the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -426,12 +427,12 @@ def _save_reports(result: DriftResult) -> None:
     from pipelines.report import render_html
 
     page = render_html(result)
-    _atomic_write(result.report_html, lambda p: Path(p).write_text(page, encoding="utf-8"))
+    atomic_write(result.report_html, lambda p: Path(p).write_text(page, encoding="utf-8"))
     snapshot = result.comparison.snapshot
     if snapshot is None:  # every column was NULL somewhere: nothing for Evidently to report
-        _atomic_write(result.report_json, lambda p: Path(p).write_text(json.dumps({"metrics": [], "tests": []})))
+        atomic_write(result.report_json, lambda p: Path(p).write_text(json.dumps({"metrics": [], "tests": []})))
         return
-    _atomic_write(result.report_json, snapshot.save_json)
+    atomic_write(result.report_json, snapshot.save_json)
 
 
 # ------------------------------------------------------------------------------------------------ MLflow

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -38,6 +37,7 @@ import pandas as pd
 
 from pipelines.config import Settings
 from pipelines.db import SCORE_COLUMNS, Database
+from pipelines.drift import atomic_write
 from pipelines.errors import InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,8 @@ def score(settings: Settings, db: Database, as_of: date, *, top: int | None = No
 
     folder = scores_dir(settings, as_of)
     parquet, csv = folder / PARQUET_NAME, folder / CSV_NAME
-    _atomic_write(parquet, lambda p: files.to_parquet(p, index=False))
-    _atomic_write(csv, lambda p: files.head(top_n).to_csv(p, index=False, float_format="%.6f"))
+    atomic_write(parquet, lambda p: files.to_parquet(p, index=False))
+    atomic_write(csv, lambda p: files.head(top_n).to_csv(p, index=False, float_format="%.6f"))
     db.replace_scores(as_of, str(model.version), rows)
     written = time.perf_counter()
     key = _run_key(as_of, str(model.version), rows)
@@ -358,17 +358,6 @@ def _shown(value: Any) -> str:
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else f"{value:g}"
     return str(value)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` then rename over ``path``: a reader (a spreadsheet, a sync job) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _run_key(as_of: date, version: str, rows: pd.DataFrame) -> str:
