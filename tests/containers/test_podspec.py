@@ -53,7 +53,7 @@ DEFAULT_KEYS = {
     "workflow:streamflow-generate/main", "workflow:streamflow-ingest/ingest", "workflow:streamflow-ingest/snapshot",
     "workflow:streamflow-ingest/features-apply", "workflow:streamflow-ingest/materialize",
     "workflow:streamflow-train/train", "workflow:streamflow-train/promote", "workflow:streamflow-drift/drift",
-    "workflow:streamflow-monthly/main",
+    "workflow:streamflow-monthly/main", "workflow:streamflow-score/main",
 }  # fmt: skip
 
 
