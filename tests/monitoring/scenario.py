@@ -103,19 +103,24 @@ def rest(servers: LocalServers, user_ids: list[str], raw: bytes | None = None) -
 
 
 def grpc(settings: Settings, user_ids: list[str]) -> str:
-    import tritonclient.grpc as tgrpc
-    from tritonclient.utils import InferenceServerException
+    """One v2 gRPC request with KServe's own stubs (tritonclient's register the same protobuf messages: the two cannot
+    share a process, and the suite imports KServe's)."""
+    import grpc as rpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as stubs
 
-    tensor = tgrpc.InferInput("user_id", [len(user_ids)], "BYTES")
-    tensor.set_data_from_numpy(np.array(user_ids, dtype=object))
-    client = tgrpc.InferenceServerClient(f"127.0.0.1:{settings.transformer_grpc_port}")
-    try:
-        client.infer(MODEL, [tensor], client_timeout=60)
-        return "OK"
-    except InferenceServerException as err:
-        return str(err.status())
-    finally:
-        client.close()
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="user_id", datatype="BYTES", shape=[len(user_ids)],
+        contents=pb.InferTensorContents(bytes_contents=[u.encode() for u in user_ids]),
+    )  # fmt: skip
+    with rpc.insecure_channel(f"127.0.0.1:{settings.transformer_grpc_port}") as channel:
+        try:
+            stubs.GRPCInferenceServiceStub(channel).ModelInfer(
+                pb.ModelInferRequest(model_name=MODEL, inputs=[tensor]), timeout=60
+            )
+            return "OK"
+        except rpc.RpcError as err:
+            return str(err.code())
 
 
 def traffic(settings: Settings, servers: LocalServers, users: list[str], rounds: int, sent: dict[str, int]) -> None:
