@@ -4,8 +4,9 @@ One month generated and loaded, an hgb model trained on it and promoted (not tim
 that state: ``score`` itself (the list: Feast's offline retrieval, the predictor's checks and scoring path, the table,
 the files, the MLflow run), and the floor — Feast's own ``get_historical_features`` of the same users plus one
 ``predict_proba`` of the fitted classifier on an already encoded float matrix (the encoding is not in the floor: it
-is part of what ``score`` pays). The ratio is score's total over the floor; Feast's share is the retrieval's part of
-score's total.
+is part of what ``score`` pays). The issue times the reasons apart from the list, so the ratio is score's total
+without the reasons over the floor (the ratio with them is kept beside it); Feast's share is the retrieval's part of
+that total. What score imports lazily is imported before either clock starts, MLflow's SQL store included.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def _imported() -> None:
     """What ``score`` imports lazily, imported before the clock starts (the benchmarks time work, not imports)."""
     import feast  # noqa: F401
     import mlflow.sklearn  # noqa: F401
+    import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401 - MLflow's SQL store: ~3 s of imports alone
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import shap  # noqa: F401
     import sklearn.ensemble  # noqa: F401
     import skops.io  # noqa: F401
@@ -126,10 +129,12 @@ def bench_score(sizes: list[int]) -> dict:
             "floor_predict_s": round(floor["predict_s"], 3),
             "floor_peak_rss_mib": round(floor_peak),
         }
-        row["ratio"] = round(row["score_s"] / row["floor_s"], 2)
+        listed = row["score_s"] - row["score_reasons_s"]  # the list without its reasons (timed apart)
+        row["ratio"] = round(listed / row["floor_s"], 2)
+        row["ratio_with_reasons"] = round(row["score_s"] / row["floor_s"], 2)
         # the model load is a fixed cost per run (download, skops, the predictor's probe checks), whatever the rows
-        row["ratio_without_load"] = round((row["score_s"] - row["score_load_model_s"]) / row["floor_s"], 2)
-        row["feast_share"] = round(row["score_feast_s"] / row["score_s"], 2)
+        row["ratio_without_load"] = round((listed - row["score_load_model_s"]) / row["floor_s"], 2)
+        row["feast_share"] = round(row["score_feast_s"] / listed, 2)
         rows.append(row)
         print(f"score {users:>9,} users: {row}", flush=True)
         shutil.rmtree(home, ignore_errors=True)
@@ -146,19 +151,19 @@ def bench_score(sizes: list[int]) -> dict:
 
 def score_table(result: dict) -> str:
     header = [
-        "users", "score (s)", "peak RSS (MiB)", "floor: Feast + predict_proba (s)", "peak RSS (MiB)", "score ÷ floor",
-        "score ÷ floor without the model load", "Feast's share of score",
+        "users", "score (s)", "peak RSS (MiB)", "floor: Feast + predict_proba (s)", "peak RSS (MiB)",
+        "score without reasons ÷ floor", "… with reasons", "… without the model load", "Feast's share",
         "score: model load / Feast / predict / reasons (top decile) / write / MLflow (s)",
     ]  # fmt: skip
     rows = [
         [f"{r['users']:,}", r["score_s"], f"{r['score_peak_rss_mib']:,}",
          f"{r['floor_s']} ({r['floor_feast_s']} + {r['floor_predict_s']})", f"{r['floor_peak_rss_mib']:,}",
-         f"{r['ratio']}x", f"{r['ratio_without_load']}x", f"{r['feast_share']:.0%}",
+         f"{r['ratio']}x", f"{r['ratio_with_reasons']}x", f"{r['ratio_without_load']}x", f"{r['feast_share']:.0%}",
          f"{r['score_load_model_s']} / {r['score_feast_s']} / {r['score_predict_s']} / {r['score_reasons_s']} / "
          f"{r['score_write_s']} / {r['score_mlflow_s']}"]
         for r in result["results"]
     ]  # fmt: skip
-    return markdown(header, "rrrrrrrrl", rows)
+    return markdown(header, "rrrrrrrrrl", rows)
 
 
 CHILDREN = {
