@@ -164,8 +164,6 @@ def smoke_users(chart: dict[str, ContainerSpec]) -> list[str]:
     return [argv[i + 1] for i, word in enumerate(argv) if word == "--user-id"]
 
 
-
-
 def wait_for_postgres(t: Tier, name: str) -> None:
     import psycopg2
 
