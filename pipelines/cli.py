@@ -34,6 +34,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
 from rich.table import Table as RichTable
 
 from pipelines.config import Settings
@@ -691,13 +692,17 @@ def score(
 
 
 def _print_scores(scored: dict[str, Any]) -> None:
-    table = RichTable("rank", "user_id", "churn_probability", "churn_label", "decile", "reasons (log-odds)", title=(
+    # the reasons are what people read: the columns are few and narrow so that a reason such as
+    # "failed_payments_90d=3 (+0.912)" holds on one line of an 80-column terminal or a CI log (never cut by "…").
+    # Label and decile are in the CSV and the table.
+    table = RichTable("rank", "user_id", "p(churn)", Column("reasons: feature=value (log-odds)", overflow="fold"),
+                      title=(
         f"churn list of {scored['as_of']} (model version {scored['model_version']}, {scored['rows']:,} users, "
         f"{scored['share_above_threshold']:.1%} at or above the threshold {scored['threshold']:.3f})"
     ))  # fmt: skip
     for row in scored["head"]:
-        table.add_row(str(row["rank"]), row["user_id"], f"{row['probability']:.4f}", str(row["label"]),
-                      str(row["risk_decile"]), "\n".join(row.get("reasons") or ["—"]))  # fmt: skip
+        table.add_row(str(row["rank"]), row["user_id"], f"{row['probability']:.4f}",
+                      "\n".join(row.get("reasons") or ["—"]))  # fmt: skip
     _out.print(table)
     _out.print(f"top {scored['top_n']:,}: {scored['csv']}", highlight=False, soft_wrap=True)
     _out.print(f"every user: {scored['parquet']}", highlight=False, soft_wrap=True)

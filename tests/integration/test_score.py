@@ -213,6 +213,20 @@ def test_cli_json_contract_and_exit_codes(production, tmp_path) -> None:
     share = samples["streamflow_score_share_above_threshold"].value
     assert share == pytest.approx(answer["share_above_threshold"])
 
+    # what `make demo` ends with, as people read it in an 80-column terminal or a CI log: the same list (scored
+    # again: no new run), each listed user with every reason whole on one line, and where the CSV is
+    shown = run(settings.home, "score", "--as-of", "2024-02-29", "--top", "5", env=env | {"COLUMNS": "80"})
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    table = [line for line in lines if line[:1] in "┏┃┡│└"]  # the paths are never wrapped: people copy them
+    assert len(table) >= 4 + 5 * 3 and max(len(line) for line in table) <= 80, shown.stdout
+    for row in answer["head"]:
+        assert row["reasons"] and all(any(reason in line for line in lines) for reason in row["reasons"]), (
+            row, shown.stdout)  # fmt: skip
+        assert any(row["user_id"] in line and f"{row['probability']:.4f}" in line for line in lines), shown.stdout
+    assert f"top 5: {answer['csv']}" in lines, shown.stdout
+    assert len(scoring_runs(settings)) == 1
+
 
 # ------------------------------------------------------------------------------------------------ in the loop
 
