@@ -831,9 +831,11 @@ def demo(
             for user, proba, label in zip(out["user_id"], out["churn_probability"], out["churn_label"], strict=True):
                 table.add_row(user, f"{proba:.4f}", str(label))
             _out.print(table)
-        _out.print(f"state: {settings.home.resolve()}  (inspect it with `streamflow status`)")
-        _out.print(f"drift reports: {(settings.reports_dir / 'evidently').resolve()}")
-        _out.print(
+        # paths and commands are printed whole on one line (soft wrap): a terminal folds them, a copy stays intact
+        line = functools.partial(_out.print, highlight=False, soft_wrap=True)
+        line(f"state: {settings.home.resolve()}  (inspect it with `streamflow status`)")
+        line(f"drift reports: {(settings.reports_dir / 'evidently').resolve()}")
+        line(
             f"MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri "
             f"{redact_url(settings.tracking_uri)} "
             "--port 5000"
