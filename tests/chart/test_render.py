@@ -443,6 +443,25 @@ def test_volumes_and_generated_secret_are_kept(scenario):
     assert not not_kept, f"{scenario}: without {KEEP[0]}: {KEEP[1]}: {not_kept}"
 
 
+def test_the_pushgateway_keeps_its_figures_on_a_claim_or_an_emptydir():
+    """The month's figures are pushed once: the Pushgateway writes them to a file on its own volume — a kept claim
+    by default (Recreate: one writer), an emptyDir (a container restart only) when persistence is off."""
+    name = f"{RELEASE}-pushgateway"
+    for values, volume in (
+        ({}, {"persistentVolumeClaim": {"claimName": name}}),
+        ({"pushgateway": {"persistence": {"enabled": False}}}, {"emptyDir": {"sizeLimit": "64Mi"}}),
+    ):
+        r = render(values)
+        spec = r.named("Deployment", name)["spec"]
+        (container,) = spec["template"]["spec"]["containers"]
+        assert "--persistence.file=/data/pushgateway.data" in container["args"]
+        assert container["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+        assert spec["template"]["spec"]["volumes"] == [{"name": "data", **volume}]
+        claims = {o["metadata"]["name"] for o in r.of_kind("PersistentVolumeClaim")}
+        assert (name in claims) == bool(volume.get("persistentVolumeClaim")), claims
+        assert spec.get("strategy", {}).get("type") == ("Recreate" if name in claims else None)
+
+
 # ---------------------------------------------------------------------------------------------- scaling
 
 

@@ -19,13 +19,14 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from tests.chart.conftest import rendered
 from tests.containers.engine import docker
-from tests.containers.podspec import ContainerSpec, containers, probe_command, workflow_steps
+from tests.containers.podspec import ContainerSpec, containers, parse_port_map, probe_command, workflow_steps
 from tests.containers.tier import (
     EXTERNAL_DB,
     SCENARIO,
@@ -72,6 +73,22 @@ def test_the_mlflow_server_and_the_pushgateway_run_as_the_chart_specifies(tier: 
     gateway = tier.name("pushgateway")  # Debian's binary in the chart's container: UID 65534, read-only root
     for kind in chart["pushgateway"].probes:
         assert wait_probe(tier, gateway, kind, budget=60), f"pushgateway {kind} probe failed\n{tier.logs(gateway)}"
+
+    # a month's figures are pushed once: they survive a restart of the Pushgateway (its file on the chart's volume)
+    assert [(m.path, m.kind) for m in chart["pushgateway"].mounts] == [("/data", "volume")]
+    url = f"http://127.0.0.1:{tier.ports[gateway][9091]}"
+    pushed = urllib.request.Request(f"{url}/metrics/job/streamflow_score/as_of/2024-01-31", method="PUT",
+                                    data=b"streamflow_score_rows 7043\n")  # fmt: skip
+    with urllib.request.urlopen(pushed, timeout=10) as answer:
+        assert answer.status == 200
+    docker("restart", gateway)  # SIGTERM: the Pushgateway writes its file on the way out
+    tier.ports[gateway] = parse_port_map(docker("port", gateway).stdout)  # a restart publishes on a new host port
+    url = f"http://127.0.0.1:{tier.ports[gateway][9091]}"
+    assert wait_probe(tier, gateway, "readiness", budget=60), f"pushgateway not ready again\n{tier.logs(gateway)}"
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+        kept = answer.read().decode()
+    assert 'streamflow_score_rows{as_of="2024-01-31",instance="",job="streamflow_score"} 7043' in kept, (
+        f"{tier.logs(gateway)}\n{kept[-2000:]}")  # fmt: skip
 
 
 def test_the_servers_start_unready_before_a_model_is_promoted(tier: Tier, chart):
