@@ -132,6 +132,29 @@ env:
 {{- .Values.mlflow.auth.existingSecret | default (include "streamflow.component" (dict "root" . "name" "mlflow-auth")) }}
 {{- end }}
 
+{{/*
+A PersistentVolumeClaim kept on `helm uninstall` (its data is the loop's state). Call with (dict "root" $ "name"
+"mlflow-artifacts" "component" "mlflow" "accessMode" "ReadWriteOnce" "size" "10Gi" "storageClass" "").
+*/}}
+{{- define "streamflow.keptClaim" -}}
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: {{ include "streamflow.component" (dict "root" .root "name" .name) }}
+  labels:
+    {{- include "streamflow.labels" (dict "root" .root "component" .component) | nindent 4 }}
+  annotations:
+    helm.sh/resource-policy: keep
+spec:
+  accessModes: [{{ .accessMode | quote }}]
+  {{- with .storageClass }}
+  storageClassName: {{ . | quote }}
+  {{- end }}
+  resources:
+    requests:
+      storage: {{ .size }}
+{{- end }}
+
 {{/* Writable paths under a read-only root filesystem: /tmp and HOME (caches) are emptyDirs. */}}
 {{- define "streamflow.scratchMounts" -}}
 - name: tmp
