@@ -593,7 +593,7 @@ def _print_drift(result: Any) -> None:
             f"realized ROC AUC on {result.current_as_of}: {result.realized_auc:.4f} "
             f"(validation {result.validation_auc:.4f})"
         )
-    _out.print(result.line(), highlight=False, soft_wrap=True)
+    _line(result.line())
 
 
 @app.command()
@@ -653,7 +653,7 @@ def monthly(
             found = next_month(db, data_dir)
             if found.month_dir is None:
                 if not as_json:
-                    _out.print(found.line, highlight=False, soft_wrap=True)
+                    _line(found.line)
                 return found.to_json()
             month_dir = found.month_dir
             log(f"next month under {data_dir}: {month_dir.name}")
@@ -704,8 +704,8 @@ def _print_scores(scored: dict[str, Any]) -> None:
         table.add_row(str(row["rank"]), row["user_id"], f"{row['probability']:.4f}",
                       "\n".join(row.get("reasons") or ["—"]))  # fmt: skip
     _out.print(table)
-    _out.print(f"top {scored['top_n']:,}: {scored['csv']}", highlight=False, soft_wrap=True)
-    _out.print(f"every user: {scored['parquet']}", highlight=False, soft_wrap=True)
+    _line(f"top {scored['top_n']:,}: {scored['csv']}")
+    _line(f"every user: {scored['parquet']}")
 
 
 @app.command()
@@ -831,24 +831,27 @@ def demo(
             for user, proba, label in zip(out["user_id"], out["churn_probability"], out["churn_label"], strict=True):
                 table.add_row(user, f"{proba:.4f}", str(label))
             _out.print(table)
-        # paths and commands are printed whole on one line (soft wrap): a terminal folds them, a copy stays intact
-        line = functools.partial(_out.print, highlight=False, soft_wrap=True)
-        line(f"state: {settings.home.resolve()}  (inspect it with `streamflow status`)")
-        line(f"drift reports: {(settings.reports_dir / 'evidently').resolve()}")
-        line(
+        _line(f"state: {settings.home.resolve()}  (inspect it with `streamflow status`)")
+        _line(f"drift reports: {(settings.reports_dir / 'evidently').resolve()}")
+        _line(
             f"MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri "
             f"{redact_url(settings.tracking_uri)} "
             "--port 5000"
         )
         _out.print("repeat the request: `streamflow serve` in another terminal, then")
-        _out.print(f"  {served['curl']}", highlight=False, soft_wrap=True)
+        _line(f"  {served['curl']}")
         if state.get("score"):
             _print_scores(state["score"])
     return state
 
 
+def _line(text: str) -> None:
+    """One line printed whole (soft wrap): a terminal folds it, a copied path or command stays intact."""
+    _out.print(text, highlight=False, soft_wrap=True)
+
+
 def _log_line(message: str) -> None:
-    _out.print(f"[bold cyan]▸[/] {message}", highlight=False, soft_wrap=True)
+    _line(f"[bold cyan]▸[/] {message}")
 
 
 # ------------------------------------------------------------------------------------------------ serve
@@ -888,7 +891,7 @@ def serve(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         else:
             _out.print(f"transformer {servers.transformer_url} (v2 + course routes), predictor {servers.predictor_url}")
             _out.print(f"logs in {servers.log_dir}; try:")
-            _out.print(f"  {curl_line(settings, ['<user_id>'])}", highlight=False, soft_wrap=True)
+            _line(f"  {curl_line(settings, ['<user_id>'])}")
             _out.print("Ctrl-C stops both.")
         code = servers.wait()
         raise StreamflowError(f"a server exited with code {code}; see {servers.log_dir}")
@@ -932,13 +935,12 @@ def monitor(ctx: typer.Context, as_json: bool = JsonOption) -> None:
             sys.__stdout__.flush()
         else:
             url = watch.prometheus_url
-            _out.print(f"Prometheus {url} (targets: {url}/targets, alerts: {url}/alerts), Pushgateway "
-                       f"{watch.pushgateway_url}", highlight=False, soft_wrap=True)  # fmt: skip
-            _out.print("servers: `make serve` in another terminal; pipeline figures: run steps with "
-                       f"STREAMFLOW_PUSHGATEWAY_URL={watch.pushgateway_url}",
-                       highlight=False, soft_wrap=True)  # fmt: skip
-            _out.print("dashboards: import charts/streamflow/dashboards/*.json into a Grafana pointed at "
-                       f"{url}; Ctrl-C stops both.", highlight=False, soft_wrap=True)  # fmt: skip
+            _line(f"Prometheus {url} (targets: {url}/targets, alerts: {url}/alerts), Pushgateway "
+                  f"{watch.pushgateway_url}")  # fmt: skip
+            _line("servers: `make serve` in another terminal; pipeline figures: run steps with "
+                  f"STREAMFLOW_PUSHGATEWAY_URL={watch.pushgateway_url}")  # fmt: skip
+            _line("dashboards: import charts/streamflow/dashboards/*.json into a Grafana pointed at "
+                  f"{url}; Ctrl-C stops both.")  # fmt: skip
         code = watch.wait()
         raise StreamflowError(f"a monitoring process exited with code {code}; see {watch.folder}")
     except KeyboardInterrupt:
